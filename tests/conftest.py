@@ -1,0 +1,27 @@
+"""Shared test fixtures: where ../shared lives, and the skip-or-fail rule for it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DRO_SFM_SHARED", REPO_ROOT.parent / "shared"))
+
+
+def require_shared(*relative: str) -> Path:
+    """Path under ../shared; skips the test when absent, but fails under CI=true (CI always has it)."""
+    path = SHARED.joinpath(*relative)
+    if not path.exists():
+        msg = f"{path} is not present (../shared is only available to the project's CI and developers)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(msg)
+        pytest.skip(msg)
+    return path
+
+
+@pytest.fixture
+def shared_dir() -> Path:
+    return require_shared()
