@@ -1,0 +1,81 @@
+"""Supervised depth + pose loss of the official ``SupervisedDepthPoseLoss`` (spec §11)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from dro_sfm.geometry.camera import backproject, project_to_grid
+from dro_sfm.geometry.warp import depth2inv, inv2depth
+
+GAMMA = 0.85
+
+
+def sequence_weights(n: int, gamma: float = GAMMA) -> list[float]:
+    """Weights γ^(n−1−k) of n predictions (the last weighs 1)."""
+    return [gamma ** (n - 1 - k) for k in range(n)]
+
+
+@dataclass
+class SupervisedLossTerms:
+    """The scalar terms of the supervised loss."""
+
+    total: torch.Tensor
+    depth: torch.Tensor
+    pose: torch.Tensor
+
+
+def depth_term(
+    inv_preds: list[torch.Tensor], gt_depth: torch.Tensor, min_depth: float, max_depth: float
+) -> torch.Tensor:
+    """γ-weighted L1 on inverse depth over valid pixels, divided by the total pixel count; preds [B,1,H,W]."""
+    gt_inv = depth2inv(gt_depth)
+    valid = ((gt_inv > 1.0 / max_depth) & (gt_inv < 1.0 / min_depth)).float()
+    weights = sequence_weights(len(inv_preds))
+    terms = [w * (valid * (gt_inv - pred).abs()).mean() for w, pred in zip(weights, inv_preds)]
+    return sum(terms) / sum(weights)
+
+
+def reprojection_grid(depth: torch.Tensor, K: torch.Tensor, T_ref_from_tgt: torch.Tensor) -> torch.Tensor:
+    """Normalised reference coordinates [B,H,W,2] of target depth [B,1,H,W] under T [B,4,4]."""
+    return project_to_grid(backproject(depth, K), K, T_ref_from_tgt, depth.shape[-2:])
+
+
+def pose_term(
+    pose_mats: list[list[torch.Tensor]],
+    gt_pose_mats: list[torch.Tensor],
+    gt_depth: torch.Tensor,
+    K: torch.Tensor,
+    min_depth: float,
+    max_depth: float,
+) -> torch.Tensor:
+    """γ-weighted mean reprojection difference; ``pose_mats[k][v]`` [B,4,4], ``gt_pose_mats[v]`` [B,4,4]."""
+    depth = inv2depth(depth2inv(gt_depth))
+    depth_ok = ((depth > min_depth) & (depth < max_depth / 4)).permute(0, 2, 3, 1)  # [B,H,W,1]
+    gt_grids = [reprojection_grid(depth, K, T) for T in gt_pose_mats]
+    weights = sequence_weights(len(pose_mats))
+    total = 0.0
+    for w, views in zip(weights, pose_mats):
+        per_view = []
+        for T_pred, c_gt in zip(views, gt_grids):
+            c_pred = reprojection_grid(depth, K, T_pred)
+            valid = (c_pred.abs() <= 1) & (c_gt.abs() <= 1) & depth_ok
+            per_view.append((valid.float() * (c_pred - c_gt).abs().clamp(-1, 1)).mean())
+        total = total + w * (sum(per_view) / len(per_view))
+    return total / sum(weights)
+
+
+def supervised_loss(
+    inv_preds: list[torch.Tensor],
+    pose_mats: list[list[torch.Tensor]],
+    gt_depth: torch.Tensor,
+    gt_pose_mats: list[torch.Tensor],
+    K: torch.Tensor,
+    min_depth: float,
+    max_depth: float,
+) -> SupervisedLossTerms:
+    """Depth term + pose term (no extra weights), as the official supervised configs train."""
+    d = depth_term(inv_preds, gt_depth, min_depth, max_depth)
+    p = pose_term(pose_mats, gt_pose_mats, gt_depth, K, min_depth, max_depth)
+    return SupervisedLossTerms(d + p, d, p)

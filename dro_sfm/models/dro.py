@@ -1,0 +1,298 @@
+"""The DRO network: encoders, initial heads and the alternating depth/pose recurrent optimiser (spec §9)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+
+from dro_sfm.errors import InputError
+from dro_sfm.geometry.camera import scale_intrinsics_feature
+from dro_sfm.geometry.pose import euler_vec_to_matrix
+from dro_sfm.geometry.warp import disp_to_depth, inv2depth
+from dro_sfm.models.config import DroConfig
+from dro_sfm.models.cost import FeatureCost
+from dro_sfm.models.heads import DepthHead, MaskHead, PoseHead
+from dro_sfm.models.resnet import ResNetEncoder
+from dro_sfm.models.update import DepthUpdateBlock, PoseUpdateBlock
+from dro_sfm.models.upsample import convex_upsample
+
+FEATURE_STRIDE = 8
+
+
+@dataclass
+class DroState:
+    """The optimiser's state at feature resolution: a warm start, or what a solve ended with.
+
+    ``inv_depth`` [B,1,h,w] raw (un-normalised) inverse depth; ``poses`` [B,N,6] T_ref_from_tgt vectors;
+    ``h_depth`` [B,hd,h,w] and ``h_pose`` [B,N,hd,h,w] GRU states (None: start from the context encoders).
+    """
+
+    inv_depth: torch.Tensor
+    poses: torch.Tensor
+    h_depth: torch.Tensor | None = None
+    h_pose: torch.Tensor | None = None
+
+    def detach(self) -> DroState:
+        d = lambda t: None if t is None else t.detach()  # noqa: E731
+        return DroState(d(self.inv_depth), d(self.poses), d(self.h_depth), d(self.h_pose))
+
+
+@dataclass
+class Features:
+    """Per-image features that can be computed once and reused across windows (eval mode only).
+
+    ``fmap`` [B,C,h,w] from ``fnet``; ``context_depth`` [B,hd+cd,h,w] raw output of ``cnet_depth`` or None.
+    """
+
+    fmap: torch.Tensor
+    context_depth: torch.Tensor | None = None
+
+
+@dataclass
+class DroOutput:
+    """Everything one forward pass produced.
+
+    ``inv_depths``: predictions [B,1,H,W] in output units (normalised with ``normalize_output``);
+    ``poses``: matching [B,N,6] pose vectors; ``state``: final state (warm start for the next call);
+    ``step_costs``: [S] mean feature-metric cost before each depth step (detached);
+    ``cost_map``: [B,1,h,w] final per-pixel cost (only when requested).
+    """
+
+    inv_depths: list[torch.Tensor]
+    poses: list[torch.Tensor]
+    state: DroState
+    step_costs: torch.Tensor
+    cost_map: torch.Tensor | None = None
+    extras: dict = field(default_factory=dict)
+
+
+class DroNet(nn.Module):
+    """DRO: feature-metric cost minimised by ConvGRUs that alternately update depth and pose.
+
+    Parameter names match the official ``DepthPoseNet`` so official state dicts load unchanged.
+    """
+
+    def __init__(self, config: DroConfig) -> None:
+        super().__init__()
+        self.config = config
+        c = config
+        self.fnet = ResNetEncoder(c.feature_dim, 1, c.encoder)
+        self.depth_head = DepthHead(c.feature_dim, c.head_dim)
+        self.pose_head = PoseHead(2 * c.feature_dim, c.head_dim)
+        self.upmask_net = MaskHead(c.feature_dim, 2 * c.feature_dim)
+        self.update_block_depth = DepthUpdateBlock(c.feature_dim, c.hidden_dim, c.context_dim, c.motion_dim)
+        self.update_block_pose = PoseUpdateBlock(c.feature_dim, c.hidden_dim, c.context_dim, c.motion_dim)
+        if c.with_unused_cnet:
+            # Never run (spec §3); it exists so that official checkpoints load strictly.
+            self.cnet = ResNetEncoder(c.feature_dim, 1, c.encoder)
+        self.cnet_depth = ResNetEncoder(c.hidden_dim + c.context_dim, 1, c.encoder)
+        self.cnet_pose = ResNetEncoder(c.hidden_dim + c.context_dim, 2, c.encoder)
+        self.update_block_pose.encoder.fast = c.fast
+        self.trace: Callable[[str, torch.Tensor], None] | None = None
+
+    # ----------------------------------------------------------------------------------------- helpers
+    def set_fast(self, fast: bool) -> None:
+        """Switch between the optimised path and the literal spec path (same weights, same outputs)."""
+        self.config = self.config.with_(fast=fast)
+        self.update_block_pose.encoder.fast = fast
+
+    def normalize(self, raw_inv_depth: torch.Tensor) -> torch.Tensor:
+        """Raw inverse depth (any shape) -> output units: ``disp_to_depth`` with ``normalize_output``."""
+        if not self.config.normalize_output:
+            return raw_inv_depth
+        return disp_to_depth(raw_inv_depth, self.config.min_depth, self.config.max_depth)[0]
+
+    def _emit(self, name: str, value: torch.Tensor) -> None:
+        if self.trace is not None:
+            self.trace(name, value.detach())
+
+    def encode(self, images: torch.Tensor) -> Features:
+        """Per-image features of images [B,3,H,W]: fnet map and the depth context (eval-mode reuse)."""
+        return Features(self.fnet(images), self.cnet_depth(images))
+
+    def _split_context(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hd = self.config.hidden_dim
+        return torch.tanh(raw[:, :hd]), torch.relu(raw[:, hd:])
+
+    @staticmethod
+    def check_inputs(target: torch.Tensor, refs: list[torch.Tensor], K: torch.Tensor) -> None:
+        """Shapes: target [B,3,H,W] with H, W multiples of 16; refs N× the same shape; K [B,3,3]."""
+        if target.dim() != 4 or target.shape[1] != 3:
+            raise InputError(f"target must be [B,3,H,W], got {tuple(target.shape)}")
+        H, W = target.shape[-2:]
+        if H % 16 or W % 16:
+            raise InputError(f"image size {H}x{W} must be a multiple of 16 in both dimensions; resize first")
+        if len(refs) == 0:
+            raise InputError("at least one reference image is needed")
+        for r in refs:
+            if r.shape != target.shape:
+                raise InputError(f"reference shape {tuple(r.shape)} differs from target {tuple(target.shape)}")
+        if K.shape != (target.shape[0], 3, 3):
+            raise InputError(f"intrinsics must be [B,3,3] = [{target.shape[0]},3,3], got {tuple(K.shape)}")
+
+    # ----------------------------------------------------------------------------------------- forward
+    def forward_full(
+        self,
+        target: torch.Tensor,
+        refs: list[torch.Tensor],
+        K: torch.Tensor,
+        stages: int | None = None,
+        steps_per_stage: int | None = None,
+        init: DroState | None = None,
+        features: tuple[Features, list[Features]] | None = None,
+        return_cost_map: bool = False,
+    ) -> DroOutput:
+        """Run the optimiser on target [B,3,H,W] in [0,1], refs N×[B,3,H,W] and K [B,3,3] (input pixels).
+
+        ``stages``/``steps_per_stage`` override the configured iteration counts; ``init`` warm-starts the
+        state; ``features`` supplies precomputed per-image features (eval mode).
+        """
+        cfg = self.config
+        self.check_inputs(target, refs, K)
+        stages = cfg.stages if stages is None else stages
+        n_steps = cfg.steps_per_stage if steps_per_stage is None else steps_per_stage
+        fast = cfg.fast
+        B, N = target.shape[0], len(refs)
+        record_every_step = self.training and cfg.all_steps_in_train
+        return_all = self.training
+
+        # Features: fnet over [target; refs] as one batch (train-mode BatchNorm sees them together).
+        if features is None:
+            fmap_all = self.fnet(torch.cat([target, *refs], dim=0))
+            self._emit("fnet", fmap_all)
+            fmap_tgt, *fmaps_ref = torch.split(fmap_all, B, dim=0)
+            context_depth_raw = None
+        else:
+            fmap_tgt, fmaps_ref = features[0].fmap, [f.fmap for f in features[1]]
+            context_depth_raw = features[0].context_depth
+        K8 = scale_intrinsics_feature(K, 1.0 / FEATURE_STRIDE)
+        cost = FeatureCost(fmap_tgt, list(fmaps_ref), K8, cache_rays=fast)
+
+        inv_preds: list[torch.Tensor] = []
+        pose_preds: list[torch.Tensor] = []
+        if init is None:
+            p = torch.stack([self.pose_head(torch.cat([fmap_tgt, fr], dim=1)) for fr in fmaps_ref], dim=1)
+            d = self.depth_head(fmap_tgt, act=torch.sigmoid)
+            self._emit("pose_head_init", p.transpose(0, 1))
+            self._emit("depth_head", d)
+        else:
+            d, p = init.inv_depth, init.poses
+        if return_all or stages == 0 or not fast:
+            mask0 = self.upmask_net(fmap_tgt)
+            self._emit("upmask_net", mask0)
+            inv_preds.append(self.normalize(convex_upsample(d, mask0)))
+            pose_preds.append(p)
+
+        step_costs: list[torch.Tensor] = []
+        if stages > 0:
+            if context_depth_raw is None:
+                context_depth_raw = self.cnet_depth(target)
+            self._emit("cnet_depth", context_depth_raw)
+            h_d, c_d = self._split_context(context_depth_raw)
+            pose_ctx_raw = torch.stack(self.cnet_pose([torch.cat([target, r], dim=1) for r in refs]), dim=1)
+            self._emit("cnet_pose", pose_ctx_raw.transpose(0, 1))
+            h_p, c_p = self._split_context(pose_ctx_raw.flatten(0, 1))  # [B·N,...], row b·N + i
+            if init is not None and init.h_depth is not None:
+                h_d = init.h_depth
+            if init is not None and init.h_pose is not None:
+                h_p = init.h_pose.flatten(0, 1)
+
+        for stage in range(stages):
+            d = d.detach()
+            p = p.detach()
+            depth_stage_start = inv2depth(self.normalize(d))
+            pose_mats = euler_vec_to_matrix(p) if fast else None  # frozen during the depth update
+            for k in range(n_steps):
+                depth_now = inv2depth(self.normalize(d))
+                if fast:
+                    X = cost.points(depth_now)
+                    c = torch.stack([cost.single_T(i, pose_mats[:, i], X) for i in range(N)], 1).mean(1)
+                else:
+                    c = cost.mean_over_refs(list(p.unbind(1)), depth_now)
+                if stage * n_steps + k in (0, n_steps):
+                    self._emit(f"depth_encoder_call{stage * n_steps + k}_state", d)
+                    self._emit(f"depth_encoder_call{stage * n_steps + k}_cost", c)
+                step_costs.append(c.detach().mean())
+                h_d, d = self.update_block_depth.step(h_d, c_d, d, c)
+                last = k == n_steps - 1
+                returned = record_every_step or (last and (return_all or stage == stages - 1))
+                if returned or not fast:
+                    mask = self.update_block_depth.upsample_mask(h_d)
+                    if record_every_step or last:
+                        inv_preds.append(self.normalize(convex_upsample(d, mask)))
+            p, h_p, pose_seq = self._pose_stage(cost, depth_stage_start, p, h_p, c_p, n_steps, stage)
+            if record_every_step:
+                pose_preds.extend(pose_seq)
+            else:
+                pose_preds.append(pose_seq[-1])
+
+        if stages > 0:
+            state = DroState(d, p, h_d, h_p.view(B, N, *h_p.shape[1:]))
+        else:
+            state = DroState(d, p)
+        out = DroOutput(inv_preds, pose_preds, state, torch.stack(step_costs) if step_costs else torch.zeros(0))
+        if not return_all and fast:
+            # Eval fast path upsampled only the final prediction.
+            out.inv_depths = out.inv_depths[-1:]
+            out.poses = out.poses[-1:]
+        if return_cost_map:
+            X = cost.points(inv2depth(self.normalize(d)))
+            mats = euler_vec_to_matrix(p)
+            per_ref = [cost.single_T(i, mats[:, i], X).mean(1, keepdim=True) for i in range(N)]
+            out.cost_map = torch.stack(per_ref, 1).mean(1).detach()
+        return out
+
+    def _pose_stage(
+        self,
+        cost: FeatureCost,
+        depth_stage_start: torch.Tensor,
+        p: torch.Tensor,
+        h_p: torch.Tensor,
+        c_p: torch.Tensor,
+        n_steps: int,
+        stage: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """One stage of pose updates for all references; returns (poses [B,N,6], states, per-step poses)."""
+        B, N = p.shape[:2]
+        X0 = cost.points(depth_stage_start)
+        seq: list[torch.Tensor] = []
+        if self.config.fast:
+            # All references at once: the GRU runs on a B·N batch (references are independent).
+            pose_flat = p.reshape(B * N, 6)
+            for _ in range(n_steps):
+                costs = [cost.single(i, pose_flat.view(B, N, 6)[:, i], X0) for i in range(N)]
+                c = torch.stack(costs, dim=1).flatten(0, 1)
+                h_p, pose_flat = self.update_block_pose.step(h_p, c_p, pose_flat, c)
+                seq.append(pose_flat.view(B, N, 6))
+            return seq[-1], h_p, seq
+        h_list = list(h_p.view(B, N, *h_p.shape[1:]).unbind(1))
+        c_list = list(c_p.view(B, N, *c_p.shape[1:]).unbind(1))
+        per_ref: list[list[torch.Tensor]] = []
+        for i in range(N):
+            pose_i, steps = p[:, i], []
+            for k in range(n_steps):
+                c = cost.single(i, pose_i, cost.points(depth_stage_start))
+                if stage == 0 and k == 0 and i < 2:
+                    self._emit(f"pose_encoder_call{4 * i}_state", pose_i)
+                    self._emit(f"pose_encoder_call{4 * i}_cost", c)
+                h_list[i], pose_i = self.update_block_pose.step(h_list[i], c_list[i], pose_i, c)
+                steps.append(pose_i)
+            per_ref.append(steps)
+        seq = [torch.stack([per_ref[i][k] for i in range(N)], dim=1) for k in range(n_steps)]
+        return seq[-1], torch.stack(h_list, 1).flatten(0, 1), seq
+
+    def forward(self, target: torch.Tensor, refs: list[torch.Tensor], K: torch.Tensor, **kwargs):
+        """Official interface: eval -> (inv_depth [B,1,H,W], poses [B,N,6]); train -> (list, [B,N,K,6])."""
+        out = self.forward_full(target, refs, K, **kwargs)
+        if self.training:
+            return out.inv_depths, torch.stack(out.poses, dim=2)
+        return out.inv_depths[-1], out.poses[-1]
+
+    def load_official_state_dict(self, state_dict, strict: bool = True) -> None:
+        """Load an official ``DepthPoseNet`` state dict (keys relative to ``depth_net.`` or prefixed)."""
+        from dro_sfm.models.official import load_official_state_dict
+
+        load_official_state_dict(self, state_dict, strict=strict)

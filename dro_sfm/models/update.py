@@ -1,0 +1,158 @@
+"""Recurrent update blocks: cost/state encoders, the separable ConvGRU, depth and pose updaters."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dro_sfm.models.heads import DepthHead, PoseHead
+
+
+class SepConvGRU(nn.Module):
+    """ConvGRU with a horizontal (1×5) then a vertical (5×1) pass."""
+
+    def __init__(self, hidden: int, input_dim: int) -> None:
+        super().__init__()
+        c = hidden + input_dim
+        self.convz1 = nn.Conv2d(c, hidden, (1, 5), padding=(0, 2))
+        self.convr1 = nn.Conv2d(c, hidden, (1, 5), padding=(0, 2))
+        self.convq1 = nn.Conv2d(c, hidden, (1, 5), padding=(0, 2))
+        self.convz2 = nn.Conv2d(c, hidden, (5, 1), padding=(2, 0))
+        self.convr2 = nn.Conv2d(c, hidden, (5, 1), padding=(2, 0))
+        self.convq2 = nn.Conv2d(c, hidden, (5, 1), padding=(2, 0))
+
+    def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """State h [B,hd,h,w], input x [B,cin,h,w] -> new state [B,hd,h,w]."""
+        for cz, cr, cq in ((self.convz1, self.convr1, self.convq1), (self.convz2, self.convr2, self.convq2)):
+            hx = torch.cat([h, x], dim=1)
+            z = torch.sigmoid(cz(hx))
+            r = torch.sigmoid(cr(hx))
+            q = torch.tanh(cq(torch.cat([r * h, x], dim=1)))
+            h = (1 - z) * h + z * q
+        return h
+
+
+class CostEncoder(nn.Module):
+    """The shared cost branch of both update encoders: 1×1 then 3×3 conv with ReLUs."""
+
+    def __init__(self, cost_dim: int, hidden: int) -> None:
+        super().__init__()
+        self.convc1 = nn.Conv2d(cost_dim, hidden, 1)
+        self.convc2 = nn.Conv2d(hidden, hidden, 3, padding=1)
+
+    def encode_cost(self, cost: torch.Tensor) -> torch.Tensor:
+        """[B,cost,h,w] -> [B,hd,h,w]."""
+        return F.relu(self.convc2(F.relu(self.convc1(cost))))
+
+
+class ProjectionInputDepth(CostEncoder):
+    """Encodes (raw inverse depth, cost) into the GRU input; the state is appended last: -> [B,hd,h,w]."""
+
+    def __init__(self, cost_dim: int, hidden: int, motion_dim: int = 64) -> None:
+        super().__init__(cost_dim, hidden)
+        self.convd1 = nn.Conv2d(1, hidden, 7, padding=3)
+        self.convd2 = nn.Conv2d(hidden, motion_dim, 3, padding=1)
+        self.convd = nn.Conv2d(hidden + motion_dim, hidden - 1, 3, padding=1)
+
+    def forward(self, inv_depth: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
+        """inv_depth [B,1,h,w] (raw), cost [B,C,h,w] -> [B,hd,h,w]."""
+        cor = self.encode_cost(cost)
+        dfm = F.relu(self.convd2(F.relu(self.convd1(inv_depth))))
+        out = F.relu(self.convd(torch.cat([cor, dfm], dim=1)))
+        return torch.cat([out, inv_depth], dim=1)
+
+
+class ProjectionInputPose(CostEncoder):
+    """Encodes (pose vector, cost) into the GRU input; the pose map is appended last: -> [B,hd,h,w]."""
+
+    def __init__(self, cost_dim: int, hidden: int, motion_dim: int = 64) -> None:
+        super().__init__(cost_dim, hidden)
+        self.convp1 = nn.Conv2d(6, hidden, 7, padding=3)
+        self.convp2 = nn.Conv2d(hidden, motion_dim, 3, padding=1)
+        self.convp = nn.Conv2d(hidden + motion_dim, hidden - 6, 3, padding=1)
+        self.fast = False
+        self._unit_responses: dict[tuple, torch.Tensor] = {}
+
+    def pose_conv1(self, pose: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+        """convp1 applied to the pose broadcast to a constant map: pose [B,6] -> [B,hd,h,w].
+
+        A 7×7 zero-padded conv of a constant map is, at every pixel, a linear function of the 6 pose values
+        whose coefficients depend only on how many taps fall inside the image. The fast path precomputes
+        those coefficients once per resolution, which is exact up to float rounding (borders included).
+        It is used only without autograd: in training the recurrence amplifies the different summation
+        order to ~1e-5 in some gradients, and the literal conv costs no more there.
+        """
+        B = pose.shape[0]
+        if not self.fast or torch.is_grad_enabled():
+            return self.convp1(pose.view(B, 6, 1, 1).expand(B, 6, *hw).contiguous())
+        resp = self._unit_response(hw, pose)
+        return torch.einsum("bc,ochw->bohw", pose, resp) + self.convp1.bias.view(1, -1, 1, 1)
+
+    def _unit_response(self, hw: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+        """Response [hd,6,h,w] of convp1 (without bias) to a unit constant map in each input channel."""
+        w = self.convp1.weight
+        key = (hw, like.device, like.dtype, w._version, w.data_ptr())
+        cached = self._unit_responses.get(key)
+        if cached is not None:
+            return cached
+        ones = torch.ones(1, 1, *hw, dtype=w.dtype, device=w.device)
+        # One grouped conv computes all 6 single-channel responses: out[o, c] = conv(ones, w[o, c]).
+        per_channel = F.conv2d(ones.expand(1, 6, *hw), w.transpose(0, 1).reshape(6 * w.shape[0], 1, 7, 7),
+                               padding=3, groups=6)
+        resp = per_channel.view(6, w.shape[0], *hw).transpose(0, 1)
+        self._unit_responses = {key: resp}
+        return resp
+
+    def forward(self, pose: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
+        """pose [B,6], cost [B,C,h,w] -> [B,hd,h,w]."""
+        B, _, h, w = cost.shape
+        cor = self.encode_cost(cost)
+        pfm = F.relu(self.convp2(F.relu(self.pose_conv1(pose, (h, w)))))
+        out = F.relu(self.convp(torch.cat([cor, pfm], dim=1)))
+        return torch.cat([out, pose.view(B, 6, 1, 1).expand(B, 6, h, w)], dim=1)
+
+
+class DepthUpdateBlock(nn.Module):
+    """One depth GRU step: encoder -> GRU (context first) -> tanh increment; mask head for upsampling."""
+
+    def __init__(self, cost_dim: int, hidden: int, context: int, motion_dim: int = 64, ratio: int = 8) -> None:
+        super().__init__()
+        self.encoder = ProjectionInputDepth(cost_dim, hidden, motion_dim)
+        self.depth_gru = SepConvGRU(hidden, context + hidden)
+        self.depth_head = DepthHead(hidden, hidden)
+        self.mask = nn.Sequential(
+            nn.Conv2d(hidden, 2 * hidden, 3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(2 * hidden, 9 * ratio * ratio, 1),
+        )
+
+    def step(
+        self, h: torch.Tensor, context: torch.Tensor, inv_depth: torch.Tensor, cost: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(state [B,hd,h,w], context, raw inv depth [B,1,h,w], cost) -> (new state, new raw inv depth)."""
+        feat = self.encoder(inv_depth, cost)
+        h = self.depth_gru(h, torch.cat([context, feat], dim=1))
+        return h, inv_depth + self.depth_head(h)
+
+    def upsample_mask(self, h: torch.Tensor) -> torch.Tensor:
+        """[B,hd,h,w] -> [B,576,h,w]."""
+        return 0.25 * self.mask(h)
+
+
+class PoseUpdateBlock(nn.Module):
+    """One pose GRU step (weights shared by all references; each has its own state)."""
+
+    def __init__(self, cost_dim: int, hidden: int, context: int, motion_dim: int = 64) -> None:
+        super().__init__()
+        self.encoder = ProjectionInputPose(cost_dim, hidden, motion_dim)
+        self.pose_gru = SepConvGRU(hidden, context + hidden)
+        self.pose_head = PoseHead(hidden, hidden)
+
+    def step(
+        self, h: torch.Tensor, context: torch.Tensor, pose: torch.Tensor, cost: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(state [B,hd,h,w], context, pose [B,6], cost) -> (new state, new pose [B,6])."""
+        feat = self.encoder(pose, cost)
+        h = self.pose_gru(h, torch.cat([context, feat], dim=1))
+        return h, pose + self.pose_head(h)
