@@ -234,6 +234,7 @@ class DroNet(nn.Module):
         else:
             state = DroState(d, p)
         out = DroOutput(inv_preds, pose_preds, state, torch.stack(step_costs) if step_costs else torch.zeros(0))
+        out.extras["fmap_tgt"], out.extras["fmaps_ref"] = fmap_tgt, list(fmaps_ref)
         if not return_all and fast:
             # Eval fast path upsampled only the final prediction.
             out.inv_depths = out.inv_depths[-1:]

@@ -1,0 +1,287 @@
+"""The training loop: deterministic per step (exact resume), checkpoints, TensorBoard, DDP via torchrun."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from dro_sfm.data.atomic import atomic_path
+from dro_sfm.errors import CheckpointError
+from dro_sfm.geometry.pose import euler_vec_to_matrix
+from dro_sfm.losses.feature import feature_contrastive_loss
+from dro_sfm.losses.photometric import photometric_loss
+from dro_sfm.losses.supervised import supervised_loss
+from dro_sfm.models.dro import DroNet
+from dro_sfm.models.predict import DroModel, ModelInfo
+from dro_sfm.train.config import TrainConfig, config_to_dict
+from dro_sfm.train.datasets import StepBatchSampler, build_dataset, collate
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_NAME = "checkpoint.pt"
+TRAIN_FORMAT = "dro-sfm/train-v1"
+
+
+@dataclass
+class StepResult:
+    step: int
+    loss: float
+    terms: dict[str, float]
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init_distributed(device: str) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, NCCL on GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size())
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _seed_step(seed: int, step: int, rank: int) -> None:
+    """Every step's randomness derives from (seed, step, rank), so a resumed run repeats it exactly."""
+    s = (seed * 1_000_003 + step * 7919 + rank) % (2**31)
+    torch.manual_seed(s)
+    np.random.seed(s)
+    random.seed(s)
+
+
+class Trainer:
+    """Trains a ``DroNet`` from a ``TrainConfig``; ``run()`` continues from the checkpoint with ``resume``."""
+
+    def __init__(self, cfg: TrainConfig, resume: bool = False) -> None:
+        self.cfg = cfg
+        self.dist = init_distributed(cfg.device)
+        self.device = torch.device(cfg.device)
+        self.out_dir = Path(cfg.out_dir)
+        d = cfg.data
+        self.net = cfg.model.build(d.min_depth, d.max_depth).to(self.device)
+        if cfg.model.init_weights:
+            src = DroModel.load(cfg.model.init_weights).net
+            self.net.load_state_dict(src.state_dict(), strict=True)
+        self.model: torch.nn.Module = self.net
+        if self.dist.world > 1:
+            self.model = DistributedDataParallel(_FullForward(self.net), find_unused_parameters=True)
+        params = [p for n, p in self.net.named_parameters() if not n.startswith("cnet.")]
+        o = cfg.optim
+        self.optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=o.amp and self.device.type == "cuda")
+        self.step = 0
+        self.dataset = build_dataset(cfg)
+        self.writer = None
+        if resume:
+            self.load_checkpoint(self.out_dir / CHECKPOINT_NAME)
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def checkpoint_payload(self) -> dict:
+        return {
+            "format": TRAIN_FORMAT,
+            "config": config_to_dict(self.cfg),
+            "model_config": config_to_dict(self.net.config),
+            "step": self.step,
+            "model": self.net.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": _rng_state(),
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write the training state atomically (only the main process writes)."""
+        path = self.out_dir / CHECKPOINT_NAME
+        if self.dist.is_main:
+            buf = io.BytesIO()
+            torch.save(self.checkpoint_payload(), buf)
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(buf.getvalue())
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore model, optimiser, scheduler, RNG state and step; a missing or foreign file is an error."""
+        if not path.is_file():
+            raise CheckpointError(f"cannot resume: {path} does not exist; start without --resume")
+        try:
+            payload = torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+            raise CheckpointError(f"cannot resume from {path}: the file is corrupt or truncated ({err})") from err
+        if not isinstance(payload, dict) or payload.get("format") != TRAIN_FORMAT:
+            raise CheckpointError(f"{path} is not a dro-sfm training checkpoint")
+        try:
+            self.net.load_state_dict(payload["model"])
+        except RuntimeError as err:
+            raise CheckpointError(
+                f"{path} was written for a different model configuration; use the config it was trained with "
+                f"({str(err)[:200]})"
+            ) from err
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        _set_rng_state(payload["rng"])
+        self.step = int(payload["step"])
+
+    def export_model(self, path: Path, info: ModelInfo) -> None:
+        """Write the trained network as a standalone model file (what ``reconstruct`` loads)."""
+        DroModel(self.net, info).save(path)
+
+    # ------------------------------------------------------------------------------------ one step
+    def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float], dict]:
+        """Forward + loss on a collated batch; returns (loss, scalar terms, outputs for logging)."""
+        cfg = self.cfg
+        target, refs, K = batch["target"], list(batch["refs"].unbind(1)), batch["K"].float()
+        net = self.net
+        out = net.forward_full(target, refs, K) if self.model is net else self._ddp_forward(target, refs, K)
+        inv_preds, poses = out.inv_depths, torch.stack(out.poses, dim=2)  # [B,N,K,6]
+        mats = euler_vec_to_matrix(poses)
+        per_pred = [[mats[:, v, k] for v in range(mats.shape[1])] for k in range(mats.shape[2])]
+        terms: dict[str, float] = {}
+        if cfg.loss.kind == "supervised":
+            gt_mats = list(batch["T_ref_from_tgt"].float().unbind(1))
+            d = cfg.data
+            sup = supervised_loss(inv_preds, per_pred, batch["depth"], gt_mats, K, d.min_depth, d.max_depth)
+            loss = sup.total
+            terms.update(depth=sup.depth.item(), pose=sup.pose.item())
+        else:
+            ph = photometric_loss(inv_preds, per_pred, target, refs, K)
+            loss = ph.total
+            terms.update(photometric=ph.photometric.item(), smoothness=ph.smoothness.item())
+        if cfg.loss.feature_weight > 0 and "depth" in batch:
+            feat = sum(
+                feature_contrastive_loss(out.extras["fmap_tgt"], fr, batch["depth"], K, batch["T_ref_from_tgt"][:, i])
+                for i, fr in enumerate(out.extras["fmaps_ref"])
+            ) / len(refs)
+            loss = loss + cfg.loss.feature_weight * feat
+            terms["feature"] = float(feat)
+        return loss, terms, {"out": out, "poses": poses}
+
+    def _ddp_forward(self, target, refs, K):
+        # DDP synchronises gradients through its __call__, so forward_full is reached via _FullForward.
+        return self.model(target, refs, K)
+
+    def train_step(self, batch: dict) -> StepResult:
+        """One optimisation step on ``batch``."""
+        self.net.train()
+        if self.cfg.optim.freeze_bn:
+            for m in self.net.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.eval()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", enabled=self.scaler.is_enabled()):
+            loss, terms, extra = self.compute_loss(batch)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(self.optimizer)
+        if self.cfg.optim.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.cfg.optim.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step += 1
+        self._last = (batch, extra)
+        return StepResult(self.step, float(loss.item()), terms)
+
+    # ------------------------------------------------------------------------------------ loop
+    def batches(self, start_step: int, end_step: int):
+        """Batches for steps [start, end) of this rank: disjoint across ranks, fixed by the step index."""
+        sampler = StepBatchSampler(
+            start_step, end_step, self.cfg.optim.batch_size, self.dist.rank, self.dist.world
+        )
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.cfg.data.workers,
+            persistent_workers=False,
+        )
+        return loader
+
+    def run(self, max_steps: int | None = None, progress: bool = True) -> list[StepResult]:
+        """Train until ``optim.steps`` (or ``max_steps`` more steps); returns the per-step results."""
+        cfg = self.cfg
+        end = cfg.optim.steps if max_steps is None else min(cfg.optim.steps, self.step + max_steps)
+        results: list[StepResult] = []
+        if self.dist.is_main and self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.out_dir / "tb"), purge_step=self.step)
+        bar = tqdm(total=end - self.step, desc="train", disable=not (progress and self.dist.is_main))
+        t0 = time.perf_counter()
+        for batch in self.batches(self.step, end):
+            _seed_step(cfg.seed, self.step, self.dist.rank)
+            batch = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+            res = self.train_step(batch)
+            results.append(res)
+            bar.update(1)
+            bar.set_postfix(loss=f"{res.loss:.4f}")
+            if self.writer is not None and (res.step % cfg.log_every == 0 or res.step == end):
+                self._log_scalars(res, time.perf_counter() - t0)
+            if self.writer is not None and cfg.image_log_every and res.step % cfg.image_log_every == 0:
+                self._log_images(res.step)
+            if cfg.checkpoint_every and res.step % cfg.checkpoint_every == 0:
+                self.save_checkpoint()
+        bar.close()
+        if results and (not cfg.checkpoint_every or results[-1].step % cfg.checkpoint_every):
+            self.save_checkpoint()
+        if self.writer is not None:
+            self.writer.flush()
+        return results
+
+    def _log_scalars(self, res: StepResult, elapsed: float) -> None:
+        from dro_sfm.train.monitor import per_prediction_errors
+
+        w = self.writer
+        w.add_scalar("loss/total", res.loss, res.step)
+        for k, v in res.terms.items():
+            w.add_scalar(f"loss/{k}", v, res.step)
+        w.add_scalar("lr", self.scheduler.get_last_lr()[0], res.step)
+        w.add_scalar("time/elapsed_s", elapsed, res.step)
+        batch, extra = self._last
+        if "depth" in batch:
+            errs = per_prediction_errors(self.net, extra["out"], extra["poses"], batch)
+            for i, (absrel, rot) in enumerate(zip(errs["abs_rel"], errs["rot_deg"])):
+                w.add_scalar(f"per_iteration/abs_rel_{i}", absrel, res.step)
+                w.add_scalar(f"per_iteration/rot_deg_{i}", rot, res.step)
+
+    def _log_images(self, step: int) -> None:
+        from dro_sfm.train.monitor import image_panels
+
+        batch, extra = self._last
+        for name, img in image_panels(extra["out"], extra["poses"], batch).items():
+            self.writer.add_image(name, img, step, dataformats="HWC")
+
+
+class _FullForward(torch.nn.Module):
+    """Adapter so that DDP's __call__ reaches ``DroNet.forward_full``."""
+
+    def __init__(self, net: DroNet) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, target, refs, K):
+        return self.net.forward_full(target, refs, K)
