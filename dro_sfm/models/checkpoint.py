@@ -33,6 +33,9 @@ _VERSION_KEY = ("model", "depth_net", "version")
 _MIN_DEPTH_KEY = ("model", "params", "min_depth")
 _MAX_DEPTH_KEY = ("model", "params", "max_depth")
 _IMAGE_SHAPE_KEY = ("datasets", "augmentation", "image_shape")
+# Official training wrappers (dro_sfm/models/*.py of the official code); semi-supervised also sees GT depth.
+_DEPTH_SUPERVISED_MODELS = frozenset({"SupModelMF", "SemiSupModelMF"})
+_SELF_SUPERVISED_MODELS = frozenset({"SelfSupModelMF"})
 
 # torch's allow-list is process-wide state; the lock keeps concurrent loads from removing each other's entry.
 _ALLOWLIST_LOCK = threading.Lock()
@@ -64,7 +67,17 @@ class OfficialCheckpointInfo:
     image_shape: tuple[int, int] | None  # (H, W) the model was trained at; None if the file does not say
     epoch: int | None
     num_tensors: int
+    model_name: str | None = None        # official training model (config.model.name), e.g. "SupModelMF"
     config: Mapping[str, Any] = field(default_factory=dict, repr=False)  # the stored config as plain dicts
+
+    @property
+    def supervised(self) -> bool | None:
+        """True when trained with ground-truth depth (metric scale), False if self-supervised, None if unknown."""
+        if self.model_name in _DEPTH_SUPERVISED_MODELS:
+            return True
+        if self.model_name in _SELF_SUPERVISED_MODELS:
+            return False
+        return None
 
 
 def _require_safe_globals_support() -> None:
@@ -245,6 +258,8 @@ def load_official_checkpoint(
         shape = _as_image_shape(_config_value(config, _IMAGE_SHAPE_KEY, path), path)
     else:
         shape = None
+    model_node = config.get("model")
+    model_name = model_node.get("name") if isinstance(model_node, Mapping) else None
 
     try:
         model = build_official_model(version_value, min_value, max_value)
@@ -266,6 +281,7 @@ def load_official_checkpoint(
         image_shape=shape,
         epoch=epoch,
         num_tensors=len(state_dict),
+        model_name=model_name if isinstance(model_name, str) and model_name else None,
         config=config,
     )
     logger.info("loaded %s (%s, version %s, %d tensors)", path, layout, version_value, len(state_dict))
@@ -281,19 +297,24 @@ def save_official_checkpoint(
     max_depth: float,
     image_shape: tuple[int, int],
     epoch: int | None = None,
+    model_name: str = "SupModelMF",
 ) -> None:
     """Write ``state_dict`` in the official checkpoint layout with a plain-dict config, atomically.
 
     Keys are stored as ``model.depth_net.<name>``; the file loads with ``load_official_checkpoint`` and
     with ``torch.load(weights_only=True)`` alone, since it holds only tensors and plain containers.
+    ``model_name`` records how it was trained ("SupModelMF": GT depth, "SelfSupModelMF": photometric).
     """
     prefixed = OrderedDict(
         (key if key.startswith(OFFICIAL_PREFIX) else OFFICIAL_PREFIX + key, tensor.detach().cpu())
         for key, tensor in state_dict.items()
     )
     config = {
-        "model": {"depth_net": {"version": version}, "params": {"min_depth": float(min_depth),
-                                                               "max_depth": float(max_depth)}},
+        "model": {
+            "name": model_name,
+            "depth_net": {"version": version},
+            "params": {"min_depth": float(min_depth), "max_depth": float(max_depth)},
+        },
         "datasets": {"augmentation": {"image_shape": (int(image_shape[0]), int(image_shape[1]))}},
     }
     with atomic_path(path) as tmp:

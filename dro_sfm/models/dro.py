@@ -99,6 +99,12 @@ class DroNet(nn.Module):
         self.config = self.config.with_(fast=fast)
         self.update_block_pose.encoder.fast = fast
 
+    def release_unused_encoder(self) -> None:
+        """Free the never-run ``cnet`` encoder (official checkpoints carry it; inference does not need it)."""
+        if hasattr(self, "cnet"):
+            del self.cnet
+            self.config = self.config.with_(with_unused_cnet=False)
+
     def normalize(self, raw_inv_depth: torch.Tensor) -> torch.Tensor:
         """Raw inverse depth (any shape) -> output units: ``disp_to_depth`` with ``normalize_output``."""
         if not self.config.normalize_output:

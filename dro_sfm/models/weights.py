@@ -200,12 +200,18 @@ def _locked(part: Path) -> Iterator[None]:
         return
     lock_path = part.with_name(part.name + ".lock")
     with open(lock_path, "w") as lock_file:
+        busy = DownloadError(f"{part}: another dro-sfm process is downloading this file; wait for it to finish")
         try:
             fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise DownloadError(
-                f"{part}: another dro-sfm process is downloading this file; wait for it to finish"
-            ) from None
+            raise busy from None
+        # The holder unlinks the lock file when done; a lock on an already unlinked file protects nothing.
+        try:
+            same_file = os.stat(lock_path).st_ino == os.fstat(lock_file.fileno()).st_ino
+        except FileNotFoundError:
+            same_file = False
+        if not same_file:
+            raise busy
         try:
             yield
         finally:
@@ -227,14 +233,17 @@ def _content_range(header: str | None) -> tuple[int | None, int | None]:
 def _copy_body(response: http.client.HTTPResponse, out: BinaryIO, expected: int | None, bar: tqdm) -> None:
     """Stream the response body into ``out``; ``_Interrupted`` when it ends short of ``expected`` bytes."""
     received = 0
-    try:
-        while chunk := response.read(_CHUNK_BYTES):
-            out.write(chunk)
-            received += len(chunk)
-            bar.update(len(chunk))
-    except (http.client.IncompleteRead, ConnectionError, TimeoutError, OSError) as err:
-        out.flush()
-        raise _Interrupted(f"{type(err).__name__}: {err}") from err
+    while True:
+        try:
+            chunk = response.read(_CHUNK_BYTES)
+        except (http.client.HTTPException, OSError) as err:  # reset, timeout, truncated chunked body
+            out.flush()
+            raise _Interrupted(f"{type(err).__name__}: {err}") from err
+        if not chunk:
+            break
+        out.write(chunk)
+        received += len(chunk)
+        bar.update(len(chunk))
     out.flush()
     if expected is not None and received < expected:
         raise _Interrupted(f"connection closed after {received} of {expected} bytes")
@@ -286,12 +295,17 @@ def _fetch_once(url: str, part: Path, timeout: float, progress: bool, dest: Path
                 logger.info("%s ignored the Range request; downloading %s from the start", url, dest.name)
             mode, initial = "wb", 0
         total = initial + length if length is not None else None
-        with (
-            open(part, mode) as out,
-            tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
-                 desc=dest.name, disable=not progress, leave=False) as bar,
-        ):
-            _copy_body(response, out, length, bar)
+        try:
+            with (
+                open(part, mode) as out,
+                tqdm(total=total, initial=initial, unit="B", unit_scale=True, unit_divisor=1024,
+                     desc=dest.name, disable=not progress, leave=False) as bar,
+            ):
+                _copy_body(response, out, length, bar)
+        except OSError as err:  # reading errors became _Interrupted; this is the local disk
+            raise OutputError(
+                f"cannot write {part}: {err.strerror or err}; free some space or set {CACHE_ENV}"
+            ) from err
 
 
 def _sha256(path: Path) -> str:
