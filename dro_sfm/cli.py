@@ -30,12 +30,78 @@ def main() -> None:
 # --- commands ---
 
 
+@main.command("predict")
+@click.argument("target", type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.argument("refs", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=str))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Folder for depth.npy, depth.png and poses.json.")
+@click.option("--weights", default="default", show_default=True, help="Weights name or model file.")
+@click.option("--intrinsics", default=None, help="fx,fy,cx,cy in pixels of the input images.")
+@click.option("--device", default="cpu", show_default=True)
+def predict_command(target: str, refs: tuple[str, ...], out_dir: str, weights: str, intrinsics: str | None,
+                    device: str) -> None:
+    """Depth of TARGET and its pose relative to each REF image (one network call)."""
+    from pathlib import Path
+
+    from dro_sfm.models.predict import load_model
+    from dro_sfm.recon.single import predict_files
+
+    K = None
+    if intrinsics:
+        try:
+            fx, fy, cx, cy = (float(v) for v in intrinsics.split(","))
+        except ValueError as err:
+            raise click.BadParameter("expected four numbers fx,fy,cx,cy", param_hint="--intrinsics") from err
+        K = [[fx, 0, cx], [0, fy, cy], [0, 0, 1]]
+    model = load_model(weights, device)
+    res = predict_files(model, Path(target), [Path(r) for r in refs], Path(out_dir), K)
+    if not model.info.trained:
+        click.secho("warning: these outputs come from UNTRAINED weights", fg="yellow", err=True)
+    click.echo(f"depth: {res.depth_path} (range {res.depth_range[0]:.2f}-{res.depth_range[1]:.2f} "
+               f"{model.info.depth_units}); poses: {res.poses_path}")
+
+
+# --- train: supervised / self-supervised training, resumable, DDP under torchrun ---
+@main.command("train")
+@click.argument("config", type=click.Path(dir_okay=False, path_type=str))
+@click.option("--resume", is_flag=True, help="Continue from OUT/checkpoint.pt (model, optimiser, RNG, step).")
+@click.option("--steps", type=click.IntRange(min=1), default=None,
+              help="Stop after at most N more steps in this run (the total and the LR schedule stay "
+                   "optim.steps / optim.lr_step); use it to split a long run into sessions.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=str), default=None,
+              help="Run folder for checkpoint.pt, model.pt, config.yaml and TensorBoard logs [default: out_dir].")
+@click.option("--data-root", default=None, help="Dataset root, overriding data.root (which may use ${ENV_VARS}).")
+@click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
+              help="Override a config value (YAML), e.g. --set optim.lr=1e-4 --set model.overrides.stages=1.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def train_command(config: str, resume: bool, steps: int | None, out_dir: str | None, data_root: str | None,
+                  assignments: tuple[str, ...], quiet: bool) -> None:
+    """Train DRO from the YAML file CONFIG (see configs/); run it under torchrun for several processes."""
+    from dro_sfm.train.launch import prepare_config, run_training
+
+    cfg = prepare_config(config, out_dir=out_dir, data_root=data_root, overrides=assignments)
+    summary = run_training(cfg, resume=resume, max_steps=steps, progress=not quiet,
+                           source=f"dro-sfm train {config}")
+    if not summary.is_main:
+        return
+    if summary.last_step == summary.first_step:
+        click.echo(f"{summary.name}: already at step {summary.last_step} of {summary.total_steps}; nothing to do")
+        return
+    processes = f" on {summary.world} processes" if summary.world > 1 else ""
+    click.echo(f"{summary.name}: steps {summary.first_step} -> {summary.last_step} of {summary.total_steps}"
+               f"{processes}, last loss {summary.final_loss:.4f}")
+    click.echo(f"checkpoint: {summary.checkpoint}")
+    click.echo(f"model:      {summary.model_file}")
+
+
 # --- synth: synthetic posed RGB-D sequences ---
 @main.command("synth")
-@click.option("--scene", "kind", type=click.Choice(["indoor", "outdoor"]), default="indoor", show_default=True,
-              help="A furnished room with hand-held motion, or a street with driving motion.")
-@click.option("--frames", type=click.IntRange(min=1), default=100, show_default=True, help="Number of frames.")
-@click.option("--height", type=click.IntRange(min=8), default=240, show_default=True, help="Image height (px).")
+@click.option("--scene", "kind", type=click.Choice(["indoor", "outdoor"]), default="indoor",
+              show_default=True, help="A furnished room (hand-held motion) or a street (driving motion).")
+@click.option("--frames", type=click.IntRange(min=1), default=100, show_default=True,
+              help="Number of frames.")
+@click.option("--height", type=click.IntRange(min=8), default=240, show_default=True,
+              help="Image height (px).")
 @click.option("--width", type=click.IntRange(min=8), default=320, show_default=True, help="Image width (px).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Scene, trajectory and noise seed.")
 @click.option("--format", "fmt", type=click.Choice(["scannet", "kitti", "tum", "7scenes", "folder"]),

@@ -53,7 +53,7 @@ class ModelInfo:
 
 def _to_image_batch(images, name: str) -> torch.Tensor:
     """uint8/float arrays or tensors, [H,W,3] / [B,H,W,3] / [3,H,W] / [B,3,H,W] -> float [B,3,H,W] in [0,1]."""
-    t = torch.as_tensor(np.asarray(images)) if not isinstance(images, torch.Tensor) else images
+    t = torch.from_numpy(np.array(images)) if not isinstance(images, torch.Tensor) else images
     if t.dim() == 3:
         t = t.unsqueeze(0)
     if t.dim() != 4:
@@ -179,14 +179,11 @@ class DroModel:
         path = Path(path)
         if not path.is_file():
             raise CheckpointError(f"model file {path} does not exist; list known weights with `dro-sfm weights list`")
-        try:
-            payload = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception:
-            payload = None
+        from dro_sfm.models.checkpoint import load_official_checkpoint, read_checkpoint_file
+
+        payload = read_checkpoint_file(path)
         if isinstance(payload, dict) and payload.get("format") == OWN_FORMAT:
             return cls._from_own_payload(payload, path)
-        from dro_sfm.models.checkpoint import load_official_checkpoint
-
         net, info = load_official_checkpoint(path)
         return cls(net, ModelInfo(
             name=path.stem, image_shape=tuple(info.image_shape), trained=True, source=str(path),
@@ -213,3 +210,28 @@ class DroModel:
             raise CheckpointError(f"{path}: weights do not match the stored config: {str(err)[:300]}") from err
         info.source = str(path)
         return cls(net, info)
+
+
+def load_model(weights: str | Path = "default", device: str | torch.device = "cpu") -> DroModel:
+    """A ready ``DroModel`` from a weights name or file; ``default`` is the shipped model.
+
+    When the shipped default file is absent (a development checkout before training finished), an
+    untrained small model is returned and a warning says so: its outputs are not meaningful.
+    """
+    import logging
+
+    from dro_sfm.models.config import small_config
+    from dro_sfm.models.weights import DEFAULT_WEIGHTS, REGISTRY, is_available, resolve_weights
+
+    if str(weights) == DEFAULT_WEIGHTS and not is_available(REGISTRY[DEFAULT_WEIGHTS]):
+        logging.getLogger(__name__).warning(
+            "the default model file is missing from this installation: using UNTRAINED weights; "
+            "depth and poses will be meaningless (pass --weights NAME|PATH for a trained model)"
+        )
+        torch.manual_seed(0)
+        model = DroModel(DroNet(small_config()), ModelInfo(name="untrained-small", image_shape=(128, 160)))
+    else:
+        model = DroModel.load(resolve_weights(weights))
+    model.net.release_unused_encoder()
+    model.net.eval()
+    return model.to(device)

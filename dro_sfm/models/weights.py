@@ -85,6 +85,16 @@ REGISTRY: dict[str, WeightsEntry] = {
 }
 
 
+# Our own default model, trained on synthetic data only and shipped inside the package (model card:
+# dro_sfm/weights/README.md).
+DEFAULT_WEIGHTS = "default"
+REGISTRY[DEFAULT_WEIGHTS] = WeightsEntry(
+    name=DEFAULT_WEIGHTS, source="package", filename="default_small.pt", version="dro-sfm small preset",
+    min_depth=0.2, max_depth=80.0, image_shape=(128, 160), ref_offsets=(-1, 1),
+    description="dro-sfm default: small preset trained on synthetic indoor + outdoor scenes (CPU)",
+)
+
+
 def register_weights(entry: WeightsEntry) -> None:
     """Add (or replace) a registry entry, e.g. a model shipped in dro_sfm/weights/ (``source='package'``)."""
     if entry.source == "url" and not entry.url:

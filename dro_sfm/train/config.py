@@ -34,8 +34,11 @@ class ModelSection:
             cfg = small_config(min_depth=min_depth, max_depth=max_depth)
         else:
             cfg = DroConfig(min_depth=min_depth, max_depth=max_depth)
+        overrides = dict(self.overrides)
         try:
-            return cfg.with_(**self.overrides)
+            if isinstance(overrides.get("encoder"), dict):  # YAML gives a mapping for the nested dataclass
+                overrides["encoder"] = dataclasses.replace(cfg.encoder, **overrides["encoder"])
+            return cfg.with_(**overrides)
         except TypeError as err:
             raise ConfigError(f"model.overrides: {err}") from err
 
@@ -120,8 +123,13 @@ def _coerce(tp, value, where: str):
         if value not in typing.get_args(tp):
             raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")
         return value
-    if tp is float and isinstance(value, (int, float)):
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):
+        try:  # PyYAML reads exponents without a dot (2e-4) as strings (YAML 1.1)
+            return float(value)
+        except ValueError:
+            pass
     if tp is int and isinstance(value, bool) is False and isinstance(value, int):
         return value
     if tp in (int, float, str, bool) and not isinstance(value, tp):

@@ -49,6 +49,22 @@ def frames_to_sample(frames: list[Frame], target_index: int) -> dict:
     return sample
 
 
+def render_window(
+    scene, n_frames: int, height: int, width: int, rng: np.random.Generator, motion_scale: float = 1.0
+) -> list[Frame]:
+    """``n_frames`` consecutive frames of a synthetic scene along a fresh random camera path."""
+    from dro_sfm.data.synthetic import TrajectoryConfig, camera_trajectory, default_intrinsics
+
+    traj = TrajectoryConfig().scaled(motion_scale)
+    start_x = None
+    if scene.kind == "outdoor":
+        room = scene.layout.x_end - scene.layout.x_start - (n_frames + 1) * traj.forward_range_m[1]
+        start_x = scene.layout.x_start + rng.uniform(0.0, max(room, 0.0))
+    poses = camera_trajectory(scene, n_frames, rng, traj, start_x=start_x)
+    K = default_intrinsics(scene.kind, height, width)
+    return [scene.render(K, T, height, width, name=f"{i:06d}") for i, T in enumerate(poses)]
+
+
 class SyntheticDataset(torch.utils.data.Dataset):
     """On-the-fly synthetic windows (target between its references) from procedurally generated scenes."""
 
@@ -85,7 +101,7 @@ class SyntheticDataset(torch.utils.data.Dataset):
 
     def frames(self, index: int) -> list[Frame]:
         """Rendered frames of sample ``index``: refs_back frames, the target, refs_forward frames."""
-        from dro_sfm.data.synthetic import render_window
+        from dro_sfm.data.synthetic import make_scene
 
         d = self.cfg.data
         kind = self.kind_of(index)
@@ -93,14 +109,11 @@ class SyntheticDataset(torch.utils.data.Dataset):
         key = (kind, seed)
         scene = self._scene_cache.get(key)
         if scene is None:
-            from dro_sfm.data.synthetic import make_scene
-
             scene = make_scene(kind, seed)
             self._scene_cache = {key: scene}  # one scene at a time keeps memory flat
-        window_seed = int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
         return render_window(
             scene, n_frames=d.refs_back + 1 + d.refs_forward, height=d.height, width=d.width,
-            seed=window_seed, motion_scale=self.motion_scale(index),
+            rng=np.random.default_rng([seed, index]), motion_scale=self.motion_scale(index),
         )
 
     def __getitem__(self, index: int) -> dict:

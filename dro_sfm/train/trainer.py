@@ -181,7 +181,7 @@ class Trainer:
                 for i, fr in enumerate(out.extras["fmaps_ref"])
             ) / len(refs)
             loss = loss + cfg.loss.feature_weight * feat
-            terms["feature"] = float(feat)
+            terms["feature"] = float(feat.detach())
         return loss, terms, {"out": out, "poses": poses}
 
     def _ddp_forward(self, target, refs, K):
