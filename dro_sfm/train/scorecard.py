@@ -1,0 +1,132 @@
+"""Scoring a model on reserved synthetic samples, with the trivial baselines beside it (model cards).
+
+Samples come from scene seeds at or above ``RESERVED_SEED_START``, which training never draws. Each sample
+is a three-view window (previous, target, next). Reported per scene kind: depth AbsRel (metric and
+median-scaled), rotation error, translation-direction error of both references, for several iteration
+counts, and for the baselines: constant depth (the training median) and zero / constant motion.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dro_sfm.eval.pose_metrics import rotation_error_deg, translation_direction_error_deg
+from dro_sfm.models.predict import DroModel
+from dro_sfm.train.config import DataSection, TrainConfig
+from dro_sfm.train.datasets import SyntheticDataset
+
+
+@dataclass
+class ScoreRow:
+    """Mean errors of one predictor on one scene kind."""
+
+    predictor: str
+    kind: str
+    abs_rel: float
+    abs_rel_median_scaled: float
+    rot_deg: float
+    tdir_deg: float
+    n: int
+
+
+def _abs_rel(pred: np.ndarray, gt: np.ndarray, median_scale: bool) -> float:
+    ok = (gt > 0) & (pred > 0) & np.isfinite(pred)
+    if ok.sum() < 10:
+        return float("nan")
+    p, g = pred[ok], gt[ok]
+    if median_scale:
+        p = p * np.median(g / p)
+    return float(np.mean(np.abs(p - g) / g))
+
+
+def _pose_errors(T_pred: np.ndarray, T_gt: np.ndarray) -> tuple[float, float]:
+    """Mean rotation and translation-direction errors (deg) over references; T [N,4,4]."""
+    rot = rotation_error_deg(T_gt[:, :3, :3], T_pred[:, :3, :3])
+    tdir = translation_direction_error_deg(T_gt[:, :3, 3], T_pred[:, :3, 3])
+    return float(np.nanmean(rot)), float(np.nanmean(tdir))
+
+
+def reserved_dataset(kind: str, height: int, width: int, samples_per_scene: int = 4) -> SyntheticDataset:
+    """Reserved (evaluation-only) three-view samples of one scene kind."""
+    cfg = TrainConfig(data=DataSection(scenes=kind, height=height, width=width, augment=False,
+                                       samples_per_scene=samples_per_scene))
+    return SyntheticDataset(cfg, reserved=True)
+
+
+def training_statistics(kind: str, n: int = 64, height: int = 120, width: int = 160) -> dict:
+    """Median training depth and mean relative motion per reference (the constant baselines' values)."""
+    cfg = TrainConfig(data=DataSection(scenes=kind, height=height, width=width, augment=False, samples_per_scene=8))
+    ds = SyntheticDataset(cfg)
+    depths, motions = [], []
+    for i in range(n):
+        s = ds[i]
+        d = s["depth"].numpy()
+        depths.append(np.median(d[d > 0]))
+        motions.append(s["T_ref_from_tgt"].numpy())
+    mean_T = np.mean(np.stack(motions), axis=0)  # [N,4,4]: project rotations back onto SO(3)
+    for T in mean_T:
+        U, _, Vt = np.linalg.svd(T[:3, :3])
+        T[:3, :3] = U @ np.diag([1, 1, np.linalg.det(U @ Vt)]) @ Vt
+    return {"median_depth": float(np.median(depths)), "mean_motion": mean_T}
+
+
+@torch.no_grad()
+def score(
+    model: DroModel,
+    kinds: tuple[str, ...] = ("indoor", "outdoor"),
+    n_samples: int = 200,
+    height: int = 240,
+    width: int = 320,
+    iterations: tuple[int, ...] = (0, 4, 12),
+    progress: bool = True,
+) -> list[ScoreRow]:
+    """Mean errors of ``model`` (at each total iteration count) and the trivial baselines."""
+    rows: list[ScoreRow] = []
+    steps = model.config.steps_per_stage
+    for kind in kinds:
+        stats = training_statistics(kind)
+        ds = reserved_dataset(kind, height, width)
+        acc: dict[str, list[tuple[float, float, float, float]]] = {}
+        for i in tqdm(range(n_samples), desc=f"score {kind}", disable=not progress):
+            s = ds[i]
+            gt = s["depth"][0].numpy()
+            T_gt = s["T_ref_from_tgt"].numpy()
+            target, refs, K = s["target"], list(s["refs"]), s["K"]
+            for it in iterations:
+                pred = model.predict(target, refs, K, image_shape=(height, width), stages=it // steps,
+                                     steps_per_stage=steps)
+                depth = pred.depth[0, 0].cpu().numpy()
+                rot, tdir = _pose_errors(pred.T_ref_from_tgt[0].double().cpu().numpy(), T_gt)
+                acc.setdefault(f"dro-{it}", []).append(
+                    (_abs_rel(depth, gt, False), _abs_rel(depth, gt, True), rot, tdir))
+            const = np.full_like(gt, stats["median_depth"])
+            zero = np.stack([np.eye(4)] * len(T_gt))
+            acc.setdefault("constant depth + zero motion", []).append(
+                (_abs_rel(const, gt, False), _abs_rel(const, gt, True), *_pose_errors(zero, T_gt)))
+            acc.setdefault("constant motion (training mean)", []).append(
+                (float("nan"), float("nan"), *_pose_errors(stats["mean_motion"], T_gt)))
+        for name, vals in acc.items():
+            v = np.array(vals, dtype=np.float64)
+            means = [float(np.nanmean(v[:, j])) if np.isfinite(v[:, j]).any() else float("nan") for j in range(4)]
+            rows.append(ScoreRow(name, kind, *means, n=len(vals)))
+    return rows
+
+
+def rows_to_markdown(rows: list[ScoreRow]) -> str:
+    """A Markdown table of score rows."""
+    lines = ["| kind | predictor | AbsRel | AbsRel (median-scaled) | rot. err. ° | transl. dir. err. ° | n |",
+             "|---|---|---|---|---|---|---|"]
+    fmt = lambda x: "–" if not np.isfinite(x) else f"{x:.3f}"  # noqa: E731
+    for r in rows:
+        lines.append(f"| {r.kind} | {r.predictor} | {fmt(r.abs_rel)} | {fmt(r.abs_rel_median_scaled)} | "
+                     f"{fmt(r.rot_deg)} | {fmt(r.tdir_deg)} | {r.n} |")
+    return "\n".join(lines)
+
+
+def rows_to_dicts(rows: list[ScoreRow]) -> list[dict]:
+    return [dataclasses.asdict(r) for r in rows]
