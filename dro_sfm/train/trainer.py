@@ -61,12 +61,21 @@ def init_distributed(device: str) -> DistInfo:
 
 
 def _rng_state() -> dict:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """RNG states as tensors and plain numbers, so checkpoints load with ``weights_only=True``."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "python": random.getstate(),
+    }
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                         n["cached_gaussian"]))
     random.setstate(state["python"])
 
 
@@ -87,6 +96,7 @@ class Trainer:
         self.device = torch.device(cfg.device)
         self.out_dir = Path(cfg.out_dir)
         d = cfg.data
+        torch.manual_seed(cfg.seed)  # the initial weights, like every step, follow from the seed
         self.net = cfg.model.build(d.min_depth, d.max_depth).to(self.device)
         if cfg.model.init_weights:
             src = DroModel.load(cfg.model.init_weights).net
@@ -133,7 +143,7 @@ class Trainer:
         if not path.is_file():
             raise CheckpointError(f"cannot resume: {path} does not exist; start without --resume")
         try:
-            payload = torch.load(path, map_location=self.device, weights_only=False)
+            payload = torch.load(path, map_location=self.device, weights_only=True)
         except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
             raise CheckpointError(f"cannot resume from {path}: the file is corrupt or truncated ({err})") from err
         if not isinstance(payload, dict) or payload.get("format") != TRAIN_FORMAT:
@@ -256,6 +266,9 @@ class Trainer:
         from dro_sfm.train.monitor import per_prediction_errors
 
         w = self.writer
+        terms = " ".join(f"{k}={v:.4f}" for k, v in res.terms.items())
+        log.info("step %d loss=%.4f %s lr=%.2e elapsed=%.0fs", res.step, res.loss, terms,
+                 self.scheduler.get_last_lr()[0], elapsed)
         w.add_scalar("loss/total", res.loss, res.step)
         for k, v in res.terms.items():
             w.add_scalar(f"loss/{k}", v, res.step)
