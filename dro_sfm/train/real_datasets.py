@@ -283,9 +283,9 @@ def resize_frame(frame: Frame, width: int, height: int, with_depth: bool) -> Fra
     """``frame`` at ``width`` x ``height``: Lanczos image, K row 0 x sx and row 1 x sy, resampled depth."""
     H0, W0 = frame.image.shape[:2]
     if (W0, H0) == (width, height):
-        image, K = frame.image, np.asarray(frame.K, dtype=np.float64)
+        image, K = np.array(frame.image), np.asarray(frame.K, dtype=np.float64)  # writable for torch
     else:
-        image = np.asarray(Image.fromarray(frame.image).resize((width, height), Image.Resampling.LANCZOS))
+        image = np.array(Image.fromarray(frame.image).resize((width, height), Image.Resampling.LANCZOS))
         K = scale_intrinsics_resize(np.asarray(frame.K, dtype=np.float64), width / W0, height / H0)
     depth = None
     if with_depth and frame.depth is not None:
