@@ -61,6 +61,97 @@ def predict_command(target: str, refs: tuple[str, ...], out_dir: str, weights: s
                f"{model.info.depth_units}); poses: {res.poses_path}")
 
 
+# --- reconstruct: image folder / video / dataset -> depth, poses, cloud, mesh, exports ---
+@main.command("reconstruct")
+@click.argument("input_path", metavar="INPUT", required=False, type=str)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=str), help="Run directory to write.")
+@click.option("--sample", is_flag=True, help="Reconstruct the sample sequence that ships with dro-sfm "
+              "(same as INPUT = sample).")
+@click.option("--weights", default="default", show_default=True, help="Weights name (dro-sfm weights list) or file.")
+@click.option("--intrinsics", default=None,
+              help="fx,fy,cx,cy in pixels of the input images, or a file with fx fy cx cy / a 3x3 matrix "
+                   "[default: dataset calibration, intrinsics.txt, EXIF, else a 45 degree field of view].")
+@click.option("--height", type=int, default=None, help="Processing height, multiple of 16 [default: the model's].")
+@click.option("--width", type=int, default=None, help="Processing width, multiple of 16 [default: the model's].")
+@click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, help="Use every N-th input frame.")
+@click.option("--min-motion", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
+              help="Keyframe selection: skip frames whose mean optical displacement from the last keyframe is "
+                   "below this many pixels (at the processing size); 0 keeps every frame.")
+@click.option("--refs", type=click.Choice(["2", "4"]), default="2", show_default=True,
+              help="Reference views around each target.")
+@click.option("--fusion", type=click.Choice(["tsdf", "points", "none"]), default="tsdf", show_default=True,
+              help="tsdf: point cloud and mesh; points: point cloud only; none: depth and poses only.")
+@click.option("--conf-threshold", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
+              help="Fuse only pixels with at least this confidence.")
+@click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda:0.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in OUT: frames already written are kept.")
+@click.option("--overwrite", is_flag=True, help="Replace a run already in OUT.")
+@click.option("--skip-bad", is_flag=True, help="Skip unreadable image files with a warning instead of stopping.")
+@click.option("--max-frames", type=click.IntRange(min=2), default=None, help="Stop after this many keyframes.")
+@click.option("--layout", type=click.Choice(["kitti", "scannet", "tum", "7scenes", "folder", "video"]),
+              default=None, help="Input layout [default: detected].")
+@click.option("--no-pose-graph", is_flag=True, help="Keep the chained poses (skip pose-graph refinement).")
+@click.option("--stages", type=click.IntRange(min=1), default=None,
+              help="Optimiser stages per window [default: the model's].")
+@click.option("--steps-per-stage", type=click.IntRange(min=1), default=None,
+              help="GRU steps per stage [default: the model's].")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="CPU threads for torch [default: torch's choice]; 1 is often fastest on busy shared cores.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def reconstruct_command(input_path: str | None, out_dir: str, sample: bool, weights: str, intrinsics: str | None,
+                        height: int | None, width: int | None, step: int, min_motion: float, refs: str,
+                        fusion: str, conf_threshold: float, device: str, resume: bool, overwrite: bool,
+                        skip_bad: bool, max_frames: int | None, layout: str | None, no_pose_graph: bool,
+                        stages: int | None, steps_per_stage: int | None, threads: int | None, quiet: bool) -> None:
+    """Depth, camera poses, point cloud, mesh and COLMAP/nerfstudio exports from INPUT: an image folder, a
+    video file, or a dataset folder (KITTI raw drive, ScanNet scene, TUM or 7-Scenes sequence)."""
+    from pathlib import Path
+
+    from dro_sfm.recon.pipeline import FolderGroundTruth, ReconstructOptions, reconstruct, sample_path
+
+    use_sample = sample or (input_path == "sample" and not Path("sample").exists())
+    if sample and input_path:
+        raise click.UsageError("give either INPUT or --sample, not both")
+    if not use_sample and not input_path:
+        raise click.UsageError("give INPUT (image folder, video or dataset) or --sample")
+    options = ReconstructOptions(
+        weights=weights, intrinsics=intrinsics, height=height, width=width, step=step, min_motion=min_motion,
+        refs=int(refs), fusion=fusion, conf_threshold=conf_threshold, device=device, resume=resume,
+        overwrite=overwrite, skip_bad=skip_bad, max_frames=max_frames, layout=layout,
+        pose_graph=not no_pose_graph, stages=stages, steps_per_stage=steps_per_stage,
+    )
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    source = sample_path() if use_sample else input_path
+    ground_truth = FolderGroundTruth(source) if use_sample else None
+    result = reconstruct(source, out_dir, options, ground_truth=ground_truth, progress=not quiet)
+
+    if not result.trained:
+        click.secho("warning: these results come from UNTRAINED weights (the default model is not installed); "
+                    "depth and poses are not meaningful", fg="yellow", err=True)
+    if result.intrinsics.guessed:
+        click.secho("warning: no intrinsics were known; a default field of view was assumed "
+                    f"(fx = fy = {result.intrinsics.K[0, 0]:.1f} px). Pass --intrinsics fx,fy,cx,cy for correct "
+                    "geometry", fg="yellow", err=True)
+    resumed = f", {result.n_resumed} resumed" if result.n_resumed else ""
+    click.echo(f"{result.n_keyframes} keyframes of {result.n_input_frames} frames{resumed} at "
+               f"{result.processing_hw[1]}x{result.processing_hw[0]} with {result.model_name} in "
+               f"{result.timings.get('total', 0.0):.1f} s ({result.frames_per_second:.2f} frames/s)")
+    m = result.metrics
+    if "ate_rmse_m" in m:
+        click.echo(f"vs ground truth: ATE {m['ate_rmse_m']:.4f} m after Sim(3) ({m['ate_percent_of_path']:.1f} % of "
+                   f"the {m['path_length_m']:.2f} m path), depth AbsRel {m['depth_abs_rel']:.3f} "
+                   f"(median-scaled {m['depth_abs_rel_median_scaled']:.3f})")
+    root = result.out_dir
+    click.echo(f"outputs in {root}:")
+    for label, path in result.report.paths.items():
+        click.echo(f"  {label + ':':<13}{path}")
+    click.echo(f"  {'run record:':<13}{root / 'run.json'}")
+    click.echo(f"view it with:  dro-sfm view {root}")
+
+
 # --- train: supervised / self-supervised training, resumable, DDP under torchrun ---
 @main.command("train")
 @click.argument("config", type=click.Path(dir_okay=False, path_type=str))
@@ -77,7 +168,14 @@ def predict_command(target: str, refs: tuple[str, ...], out_dir: str, weights: s
 def train_command(config: str, resume: bool, steps: int | None, out_dir: str | None, data_root: str | None,
                   assignments: tuple[str, ...], quiet: bool) -> None:
     """Train DRO from the YAML file CONFIG (see configs/); run it under torchrun for several processes."""
+    import logging
+    import os
+
     from dro_sfm.train.launch import prepare_config, run_training
+
+    if not logging.getLogger().handlers:  # dataset summaries and warnings; other torchrun ranks stay quiet
+        main_rank = os.environ.get("RANK", "0") == "0"
+        logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(levelname)s: %(message)s")
 
     cfg = prepare_config(config, out_dir=out_dir, data_root=data_root, overrides=assignments)
     summary = run_training(cfg, resume=resume, max_steps=steps, progress=not quiet,
@@ -239,3 +337,222 @@ def weights_info(checkpoint: str, net_version: str | None, min_depth: float | No
     click.echo("parameters:")
     for module, count in [*counts.items(), ("total", sum(counts.values()))]:
         click.echo(f"  {module:<20}{count:>12,}")
+
+
+# --- eval: benchmarks by the standard protocols, with baselines ---
+def _eval_common(func):
+    """Options shared by every ``eval`` subcommand."""
+    options = [
+        click.option("--out", "out", type=click.Path(dir_okay=False, path_type=str), required=True,
+                     help="Results JSON; a Markdown table (.md) and a <stem>_plots/ folder are written beside it."),
+        click.option("--device", default="cpu", show_default=True,
+                     help="Torch device (cpu, cuda, cuda:1); under torchrun, cuda means cuda:<local rank>."),
+        click.option("--baselines", is_flag=True,
+                     help="Also evaluate the model's 0-iteration prediction and COLMAP (pycolmap) on the same frames."),
+        click.option("--protocol", "protocols", multiple=True,
+                     help="Depth protocol(s): dro_kitti, monodepth2_kitti, dro_scannet, deepv2d_scannet "
+                          "[default: both of the dataset's]."),
+        click.option("--no-plots", is_flag=True, help="Skip the plots."),
+        click.option("--colmap-threads", type=int, default=-1, show_default=True,
+                     help="Threads per COLMAP run (-1: all cores)."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _model_options(required: bool):
+    def decorate(func):
+        options = [
+            click.option("--weights", required=required, default=None,
+                         help="Model file or registered name (see `dro-sfm weights list`)."
+                              + ("" if required else " Used for the 0-iteration baseline [default: the run's]")),
+            click.option("--image-shape", type=(int, int), default=None, metavar="H W",
+                         help="Processing size [default: the model's training size]."),
+            click.option("--stages", type=click.IntRange(min=0), default=None,
+                         help="Optimizer stages [default: the model's]."),
+            click.option("--steps-per-stage", type=click.IntRange(min=1), default=None,
+                         help="GRU steps per stage [default: the model's]."),
+        ]
+        for option in reversed(options):
+            func = option(func)
+        return func
+    return decorate
+
+
+def _run_eval(device: str, body) -> None:
+    """Join torchrun's process group if launched by it, run ``body(ctx, device)``, print on rank 0."""
+    from dro_sfm.eval.distributed import device_for_process, init_distributed, shutdown_distributed
+
+    ctx = init_distributed(device)
+    try:
+        text = body(ctx, device_for_process(device, ctx))
+        if ctx.is_main and text:
+            click.echo(text)
+    finally:
+        shutdown_distributed(ctx)
+
+
+def _colmap_options(baselines: bool, threads: int):
+    if not baselines:
+        return None
+    from dro_sfm.eval.colmap_baseline import ColmapOptions, quiet_colmap_logging
+
+    quiet_colmap_logging()
+    return ColmapOptions(num_threads=threads)
+
+
+@main.group("eval")
+def eval_group() -> None:
+    """Evaluate depth and poses by the standard protocols (KITTI Eigen, ScanNet pairs, whole runs).
+
+    Every command also runs under `torchrun --nproc_per_node N`, sharding the test set across processes.
+    """
+
+
+@eval_group.command("kitti")
+@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="KITTI raw root holding <date>/<date>_drive_XXXX_sync.")
+@click.option("--split", default="eigen", show_default=True,
+              help="eigen (697 frames), eigen_benchmark (652, improved GT) or a split file.")
+@click.option("--splits-dir", default=None, type=click.Path(file_okay=False, path_type=str),
+              help="Where named splits live (kitti/eigen/test_files.txt, ...) [default: $DRO_SFM_SPLITS].")
+@click.option("--gt", type=click.Choice(["auto", "velodyne", "npz", "improved"]), default="auto", show_default=True,
+              help="Ground truth: raw LiDAR .bin scans, packnet npz, or improved maps; auto = improved for "
+                   "eigen_benchmark, else whichever raw LiDAR the root has.")
+@click.option("--ref-offsets", default="+1", show_default=True,
+              help="Reference frame offsets, comma-separated; +1 (next frame) is the official test context.")
+@click.option("--missing-ref", type=click.Choice(["skip", "mirror"]), default="skip", show_default=True,
+              help="A frame without its neighbour: skip (reported) or use the mirrored offset.")
+@click.option("--no-pp", is_flag=True, help="Skip flip post-processing (no _pp variants; halves the run time).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N split lines.")
+@_model_options(required=True)
+@_eval_common
+def eval_kitti_command(data, split, splits_dir, gt, ref_offsets, missing_ref, no_pp, limit, weights, image_shape,
+                       stages, steps_per_stage, out, device, baselines, protocols, no_plots, colmap_threads) -> None:
+    """KITTI depth on the Eigen split: Garg crop, both protocols' caps, median scaling and flip post-processing."""
+    from dro_sfm.errors import ConfigError
+    from dro_sfm.eval.kitti import DEFAULT_PROTOCOLS, KittiEvalOptions, evaluate_kitti
+    from dro_sfm.eval.pipeline import benchmark_markdown, model_methods
+
+    try:
+        offsets = tuple(int(o) for o in ref_offsets.split(",") if o.strip())
+    except ValueError as err:
+        raise ConfigError(f"--ref-offsets {ref_offsets!r}: give comma-separated integers such as +1 or -1,+1") from err
+    options = KittiEvalOptions(split=split, splits_dir=splits_dir, gt=gt, ref_offsets=offsets,
+                               missing_ref=missing_ref, protocols=tuple(protocols) or DEFAULT_PROTOCOLS,
+                               post_process=not no_pp, colmap=_colmap_options(baselines, colmap_threads), limit=limit)
+
+    def body(ctx, dev):
+        methods, descriptions = model_methods(weights, dev, image_shape, stages, steps_per_stage, baselines)
+        result = evaluate_kitti(data, methods, descriptions, options, ctx, out, plots=not no_plots)
+        return benchmark_markdown(result)
+
+    _run_eval(device, body)
+
+
+def _default_views(weights: str) -> int:
+    from dro_sfm.models.weights import REGISTRY
+
+    entry = REGISTRY.get(weights)
+    return 5 if entry is not None and len(entry.ref_offsets) == 4 else 2
+
+
+@eval_group.command("scannet")
+@click.option("--data", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Folder holding the exported scene<NNNN>_<NN> folders.")
+@click.option("--pairs", default="banet", show_default=True,
+              help="Test-pair list: banet (looked up in the splits directory) or a file.")
+@click.option("--splits-dir", default=None, type=click.Path(file_okay=False, path_type=str),
+              help="Where named lists live (scannet/scannet_test_pairs.txt) [default: $DRO_SFM_SPLITS].")
+@click.option("--views", type=click.Choice(["2", "3", "5"]), default=None,
+              help="Views per sample (see docs/evaluation.md) [default: 5 for the 5-view weights, else 2].")
+@click.option("--no-pp", is_flag=True, help="Skip flip post-processing (no _pp variants).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Evaluate only the first N pairs.")
+@_model_options(required=True)
+@_eval_common
+def eval_scannet_command(data, pairs, splits_dir, views, no_pp, limit, weights, image_shape, stages,
+                         steps_per_stage, out, device, baselines, protocols, no_plots, colmap_threads) -> None:
+    """ScanNet depth and poses on the BA-Net/DeepV2D test pairs (0.1-10 m and 0.2-10 m caps)."""
+    from dro_sfm.eval.pipeline import benchmark_markdown, model_methods
+    from dro_sfm.eval.scannet import DEFAULT_PROTOCOLS, ScanNetEvalOptions, evaluate_scannet
+
+    options = ScanNetEvalOptions(pairs=pairs, splits_dir=splits_dir,
+                                 views=int(views) if views else _default_views(weights),
+                                 protocols=tuple(protocols) or DEFAULT_PROTOCOLS, post_process=not no_pp,
+                                 colmap=_colmap_options(baselines, colmap_threads), limit=limit)
+
+    def body(ctx, dev):
+        methods, descriptions = model_methods(weights, dev, image_shape, stages, steps_per_stage, baselines)
+        result = evaluate_scannet(data, methods, descriptions, options, ctx, out, plots=not no_plots)
+        return benchmark_markdown(result)
+
+    _run_eval(device, body)
+
+
+def _sequence_command(layout: str | None, run_dir, data, match, weights, image_shape, stages, steps_per_stage,
+                      out, device, baselines, protocols, no_plots, colmap_threads) -> None:
+    from pathlib import Path
+
+    from dro_sfm.eval.pipeline import model_methods
+    from dro_sfm.eval.sequence import SequenceEvalOptions, evaluate_sequence, run_weights
+
+    options = SequenceEvalOptions(layout=layout, match=match, protocols=tuple(protocols) or None,
+                                  colmap=_colmap_options(baselines, colmap_threads))
+    weights = weights or (run_weights(run_dir) if baselines else None)
+    if baselines and weights is None:
+        click.echo("note: no --weights and none recorded in run.json; the 0-iteration baseline is skipped", err=True)
+
+    def body(ctx, dev):
+        methods, descriptions = {}, {}
+        if baselines and weights is not None:
+            methods, descriptions = model_methods(weights, dev, image_shape, stages, steps_per_stage, True)
+            methods.pop("dro")
+            descriptions.pop("dro")
+        evaluate_sequence(run_dir, data, methods, descriptions, options, ctx, out, plots=not no_plots)
+        return Path(out).with_suffix(".md").read_text()
+
+    _run_eval(device, body)
+
+
+def _sequence_options(func):
+    options = [
+        click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False, path_type=str),
+                     help="Run directory written by `dro-sfm reconstruct` (cameras.json, depth/).",),
+        click.option("--data", required=True, type=click.Path(file_okay=False, path_type=str),
+                     help="The dataset folder the run was made from (ground truth)."),
+        click.option("--match", type=click.Choice(["auto", "name", "timestamp", "order"]), default="auto",
+                     show_default=True, help="How run frames are paired with ground-truth frames."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+@eval_group.command("tum")
+@_sequence_options
+@_model_options(required=False)
+@_eval_common
+def eval_tum_command(**kwargs) -> None:
+    """ATE/RPE and depth of a reconstruct run on a TUM RGB-D sequence."""
+    _sequence_command("tum", **kwargs)
+
+
+@eval_group.command("7scenes")
+@_sequence_options
+@_model_options(required=False)
+@_eval_common
+def eval_7scenes_command(**kwargs) -> None:
+    """ATE/RPE and depth of a reconstruct run on a 7-Scenes sequence."""
+    _sequence_command("7scenes", **kwargs)
+
+
+@eval_group.command("sequence")
+@_sequence_options
+@click.option("--layout", type=click.Choice(["tum", "7scenes", "kitti", "scannet"]), default=None,
+              help="Ground-truth layout [default: detected].")
+@_model_options(required=False)
+@_eval_common
+def eval_sequence_command(layout, **kwargs) -> None:
+    """ATE/RPE and depth of a reconstruct run against any dataset folder with ground truth."""
+    _sequence_command(layout, **kwargs)
