@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from dro_sfm.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class EncoderWidths:
@@ -14,6 +16,56 @@ class EncoderWidths:
     layer2: int = 128
     layer3: int = 256
     fusion: int = 128
+
+
+@dataclass(frozen=True)
+class DeqConfig:
+    """Settings of the deep-equilibrium solve (``solver: deq``); see docs/deq.md.
+
+    ``max_steps`` is the number of evaluations of the update map f (one depth step + one pose step each)
+    the forward solver may spend; ``tol`` the stopping tolerance on the ``stop_mode`` residual of the joint
+    state (``abs``: root of the summed per-block mean squared change; ``rel``: that over the same of f(z)).
+    ``grad`` chooses implicit differentiation (``ift``) or phantom gradients (``phantom_steps`` unrolled
+    steps of f from the detached fixed point; 1 = the one-step / Jacobian-free gradient).
+    ``n_states`` solver states spread over the budget are returned in training so that the loss applies
+    to each (sparse fixed-point correction); with ``ift`` the last one gets the implicit gradient.
+    """
+
+    forward_solver: Literal["anderson", "broyden", "fixed_point_iter"] = "anderson"
+    max_steps: int = 24
+    tol: float = 1e-3
+    stop_mode: Literal["rel", "abs"] = "abs"  # abs: RMS change of the block-normalised state (docs/deq.md)
+    grad: Literal["ift", "phantom"] = "phantom"
+    phantom_steps: int = 1
+    phantom_tau: float = 1.0
+    n_states: int = 2
+    backward_solver: Literal["anderson", "broyden", "fixed_point_iter"] = "fixed_point_iter"
+    backward_max_steps: int = 24
+    backward_tol: float = 1e-6
+    coupling: Literal["jacobi", "gauss_seidel"] = "jacobi"
+
+    def __post_init__(self) -> None:
+        choices = {
+            "forward_solver": ("anderson", "broyden", "fixed_point_iter"),
+            "backward_solver": ("anderson", "broyden", "fixed_point_iter"),
+            "stop_mode": ("rel", "abs"),
+            "grad": ("ift", "phantom"),
+            "coupling": ("jacobi", "gauss_seidel"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"deq.{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        # Anderson evaluates f twice before its first mixing step and cannot return anything better than
+        # the initial state with fewer than 3 evaluations.
+        min_steps = 3 if self.forward_solver == "anderson" else 1
+        if self.max_steps < min_steps:
+            raise ConfigError(f"deq.max_steps must be >= {min_steps} for {self.forward_solver}, got {self.max_steps}")
+        if not 1 <= self.n_states <= self.max_steps:
+            raise ConfigError(f"deq.n_states must be in 1..max_steps ({self.max_steps}), got {self.n_states}")
+        if self.phantom_steps < 1 or self.backward_max_steps < 1:
+            raise ConfigError("deq.phantom_steps and deq.backward_max_steps must be >= 1")
+        if self.tol < 0 or self.backward_tol < 0 or not 0 < self.phantom_tau <= 1:
+            raise ConfigError("deq.tol and deq.backward_tol must be >= 0 and deq.phantom_tau in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -35,6 +87,17 @@ class DroConfig:
     with_unused_cnet: bool = True    # official checkpoints carry a never-used `cnet` encoder
     solver: Literal["unrolled", "deq"] = "unrolled"
     fast: bool = True                # optimised path; False runs the literal spec path
+    deq: DeqConfig = field(default_factory=DeqConfig)  # used only with solver == "deq"
+
+    def __post_init__(self) -> None:
+        # Saved configs (dataclasses.asdict) and YAML overrides give the nested settings as a mapping.
+        if isinstance(self.deq, dict):
+            try:
+                object.__setattr__(self, "deq", DeqConfig(**self.deq))
+            except TypeError as err:
+                raise ConfigError(f"deq settings: {err}") from err
+        if self.solver not in ("unrolled", "deq"):
+            raise ConfigError(f"solver must be 'unrolled' or 'deq', got {self.solver!r}")
 
     @property
     def total_steps(self) -> int:

@@ -154,9 +154,15 @@ class DroNet(nn.Module):
         """Run the optimiser on target [B,3,H,W] in [0,1], refs N×[B,3,H,W] and K [B,3,3] (input pixels).
 
         ``stages``/``steps_per_stage`` override the configured iteration counts; ``init`` warm-starts the
-        state; ``features`` supplies precomputed per-image features (eval mode).
+        state; ``features`` supplies precomputed per-image features (eval mode). With ``solver == "deq"``
+        the fixed-point solve of ``dro_sfm.models.deq`` runs instead (budget: stages × steps_per_stage if
+        given, else ``deq.max_steps``).
         """
         cfg = self.config
+        if cfg.solver == "deq":
+            from dro_sfm.models.deq import deq_forward  # deq imports this module
+
+            return deq_forward(self, target, refs, K, stages, steps_per_stage, init, features, return_cost_map)
         self.check_inputs(target, refs, K)
         stages = cfg.stages if stages is None else stages
         n_steps = cfg.steps_per_stage if steps_per_stage is None else steps_per_stage
