@@ -176,3 +176,16 @@ def test_geometry_expectations() -> None:
     np.testing.assert_allclose(depth.numpy(), g["disp_to_depth_depth_0.2_10"].numpy(), rtol=1e-5)
     up = convex_upsample(g["upsample_in"], g["upsample_mask"])
     np.testing.assert_allclose(up.numpy(), g["upsample_out"].numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("part", ["mask_last_only", "cached_geometry", "batched_pose_refs", "pose_conv_precompute"])
+def test_each_optimisation_alone_keeps_parity(part: str) -> None:
+    """The fast path minus one optimisation still matches (each switch is independent and exact)."""
+    expected = np.load(_fixture() / "expected_eval_it12_h_out.npz")
+    model = _model("it12-h-out", 0.2, 10.0, True, "eval")
+    model.set_fast(True, disable=(part,))
+    target, refs, K = _inputs()
+    with torch.no_grad():
+        inv, poses = model(target, refs, K)
+    np.testing.assert_allclose(inv.numpy(), expected["inv_depth"], rtol=0, atol=_tol()["inv_depth_atol"])
+    np.testing.assert_allclose(poses.numpy(), expected["poses"], rtol=0, atol=1e-5)

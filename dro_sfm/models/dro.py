@@ -20,6 +20,8 @@ from dro_sfm.models.update import DepthUpdateBlock, PoseUpdateBlock
 from dro_sfm.models.upsample import convex_upsample
 
 FEATURE_STRIDE = 8
+# The optimisations of the fast path (none changes results beyond float rounding; see tests/test_parity.py).
+FAST_PARTS = ("mask_last_only", "cached_geometry", "batched_pose_refs", "pose_conv_precompute")
 
 
 @dataclass
@@ -91,13 +93,22 @@ class DroNet(nn.Module):
         self.cnet_depth = ResNetEncoder(c.hidden_dim + c.context_dim, 1, c.encoder)
         self.cnet_pose = ResNetEncoder(c.hidden_dim + c.context_dim, 2, c.encoder)
         self.update_block_pose.encoder.fast = c.fast
+        # Individual optimisations of the fast path, switchable one by one to measure what each gives.
+        self.fast_parts = dict.fromkeys(FAST_PARTS, True)
         self.trace: Callable[[str, torch.Tensor], None] | None = None
 
     # ----------------------------------------------------------------------------------------- helpers
-    def set_fast(self, fast: bool) -> None:
+    def _opt(self, part: str) -> bool:
+        return self.config.fast and self.fast_parts[part]
+
+    def set_fast(self, fast: bool, disable: tuple[str, ...] = ()) -> None:
         """Switch between the optimised path and the literal spec path (same weights, same outputs)."""
         self.config = self.config.with_(fast=fast)
-        self.update_block_pose.encoder.fast = fast
+        for part in disable:
+            if part not in FAST_PARTS:
+                raise ValueError(f"unknown optimisation {part!r}; known: {', '.join(FAST_PARTS)}")
+        self.fast_parts = {p: p not in disable for p in FAST_PARTS}
+        self.update_block_pose.encoder.fast = fast and "pose_conv_precompute" not in disable
 
     def release_unused_encoder(self) -> None:
         """Free the never-run ``cnet`` encoder (official checkpoints carry it; inference does not need it)."""
@@ -166,7 +177,8 @@ class DroNet(nn.Module):
         self.check_inputs(target, refs, K)
         stages = cfg.stages if stages is None else stages
         n_steps = cfg.steps_per_stage if steps_per_stage is None else steps_per_stage
-        fast = cfg.fast
+        fast = self._opt("mask_last_only")
+        cached = self._opt("cached_geometry")
         B, N = target.shape[0], len(refs)
         record_every_step = self.training and cfg.all_steps_in_train
         return_all = self.training
@@ -181,7 +193,7 @@ class DroNet(nn.Module):
             fmap_tgt, fmaps_ref = features[0].fmap, [f.fmap for f in features[1]]
             context_depth_raw = features[0].context_depth
         K8 = scale_intrinsics_feature(K, 1.0 / FEATURE_STRIDE)
-        cost = FeatureCost(fmap_tgt, list(fmaps_ref), K8, cache_rays=fast)
+        cost = FeatureCost(fmap_tgt, list(fmaps_ref), K8, cache_rays=cached)
 
         inv_preds: list[torch.Tensor] = []
         pose_preds: list[torch.Tensor] = []
@@ -216,10 +228,10 @@ class DroNet(nn.Module):
             d = d.detach()
             p = p.detach()
             depth_stage_start = inv2depth(self.normalize(d))
-            pose_mats = euler_vec_to_matrix(p) if fast else None  # frozen during the depth update
+            pose_mats = euler_vec_to_matrix(p) if cached else None  # frozen during the depth update
             for k in range(n_steps):
                 depth_now = inv2depth(self.normalize(d))
-                if fast:
+                if cached:
                     X = cost.points(depth_now)
                     c = torch.stack([cost.single_T(i, pose_mats[:, i], X) for i in range(N)], 1).mean(1)
                 else:
@@ -272,7 +284,7 @@ class DroNet(nn.Module):
         B, N = p.shape[:2]
         X0 = cost.points(depth_stage_start)
         seq: list[torch.Tensor] = []
-        if self.config.fast:
+        if self._opt("batched_pose_refs"):
             # All references at once: the GRU runs on a B·N batch (references are independent).
             pose_flat = p.reshape(B * N, 6)
             for _ in range(n_steps):
