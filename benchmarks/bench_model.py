@@ -107,14 +107,16 @@ def main() -> None:
         print(json.dumps(worker(json.loads(args.worker))))
         return
     repeats = 3 if args.quick else 5
-    variants = ["literal", "optimised"] + ([] if args.no_compile or args.quick else ["optimised+compile"])
+    variants = ["literal", "optimised"]
+    compiled = [] if args.no_compile or args.quick else ["optimised+compile"]
     rows = [("infer", 240, 320, 2, 12), ("infer", 320, 960, 2, 12)]
     rows += [("infer", 240, 320, 2, it) for it in (0, 4, 8, 24)]
     rows += [("train", 240, 320, 2, 12)]
     results = []
     ablations = [v for v in VARIANTS if v.startswith("optimised-")]
     for mode, H, W, refs, iters in rows:
-        row_variants = variants + (ablations if (mode, H, W, iters) == ("infer", 240, 320, 12) else [])
+        main_row = (mode, H, W, iters) == ("infer", 240, 320, 12)
+        row_variants = variants + (compiled + ablations if main_row else [])
         per_variant: dict[str, list[dict]] = {v: [] for v in row_variants}
         for _ in range(1 if args.quick else args.rounds):
             for v in row_variants:  # interleaved: literal, optimised, ... then again

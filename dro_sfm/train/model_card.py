@@ -150,7 +150,7 @@ def plot_error_vs_iterations(rows: list[dict], out_png: Path) -> None:
 def write_regression_scores(model: DroModel, path: Path, n_samples: int = 6) -> dict:
     """Scores on a small reserved set, stored beside the model so a test can re-score and compare."""
     rows = score(model, n_samples=n_samples, height=model.info.image_shape[0], width=model.info.image_shape[1],
-                 iterations=(model.config.total_steps,), progress=False)
+                 iterations=(model.config.total_steps,), progress=False, baselines=False)
     data = {"n_samples": n_samples, "image_shape": list(model.info.image_shape), "rows": rows_to_dicts(rows)}
     atomic_write_text(path, json.dumps(data, indent=1))
     return data
