@@ -23,7 +23,8 @@ VARIANTS = {
     "optimised+compile": {"fast": True, "compile": True, "release_cnet": True},
 }
 # Ablations: the optimised path without one optimisation, to see what each gives (240x320, 12 iterations).
-for _part in ("mask_last_only", "cached_geometry", "batched_pose_refs", "pose_conv_precompute", "release_cnet"):
+for _part in ("mask_last_only", "cached_geometry", "batched_pose_refs", "pose_conv_precompute", "fused_gru",
+              "release_cnet"):
     VARIANTS[f"optimised-{_part}"] = {"fast": True, "compile": False, "release_cnet": _part != "release_cnet",
                                       "disable": () if _part == "release_cnet" else (_part,)}
 

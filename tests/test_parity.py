@@ -178,7 +178,9 @@ def test_geometry_expectations() -> None:
     np.testing.assert_allclose(up.numpy(), g["upsample_out"].numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize("part", ["mask_last_only", "cached_geometry", "batched_pose_refs", "pose_conv_precompute"])
+@pytest.mark.parametrize(
+    "part", ["mask_last_only", "cached_geometry", "batched_pose_refs", "pose_conv_precompute", "fused_gru"]
+)
 def test_each_optimisation_alone_keeps_parity(part: str) -> None:
     """The fast path minus one optimisation still matches (each switch is independent and exact)."""
     expected = np.load(_fixture() / "expected_eval_it12_h_out.npz")

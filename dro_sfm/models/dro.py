@@ -21,7 +21,7 @@ from dro_sfm.models.upsample import convex_upsample
 
 FEATURE_STRIDE = 8
 # The optimisations of the fast path (none changes results beyond float rounding; see tests/test_parity.py).
-FAST_PARTS = ("mask_last_only", "cached_geometry", "batched_pose_refs", "pose_conv_precompute")
+FAST_PARTS = ("mask_last_only", "cached_geometry", "batched_pose_refs", "pose_conv_precompute", "fused_gru")
 
 
 @dataclass
@@ -93,6 +93,7 @@ class DroNet(nn.Module):
         self.cnet_depth = ResNetEncoder(c.hidden_dim + c.context_dim, 1, c.encoder)
         self.cnet_pose = ResNetEncoder(c.hidden_dim + c.context_dim, 2, c.encoder)
         self.update_block_pose.encoder.fast = c.fast
+        self.update_block_depth.depth_gru.fused = self.update_block_pose.pose_gru.fused = c.fast
         # Individual optimisations of the fast path, switchable one by one to measure what each gives.
         self.fast_parts = dict.fromkeys(FAST_PARTS, True)
         self.trace: Callable[[str, torch.Tensor], None] | None = None
@@ -109,6 +110,8 @@ class DroNet(nn.Module):
                 raise ValueError(f"unknown optimisation {part!r}; known: {', '.join(FAST_PARTS)}")
         self.fast_parts = {p: p not in disable for p in FAST_PARTS}
         self.update_block_pose.encoder.fast = fast and "pose_conv_precompute" not in disable
+        fused = fast and "fused_gru" not in disable
+        self.update_block_depth.depth_gru.fused = self.update_block_pose.pose_gru.fused = fused
 
     def release_unused_encoder(self) -> None:
         """Free the never-run ``cnet`` encoder (official checkpoints carry it; inference does not need it)."""

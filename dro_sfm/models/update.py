@@ -22,13 +22,48 @@ class SepConvGRU(nn.Module):
         self.convr2 = nn.Conv2d(c, hidden, (5, 1), padding=(2, 0))
         self.convq2 = nn.Conv2d(c, hidden, (5, 1), padding=(2, 0))
 
+        self.fused = False
+        self._fused_cache: tuple | None = None
+
+    def _fused_weights(self) -> list[tuple]:
+        """Per pass: (W_h [2hd,hd,k], b_h, W_x [3hd,cin,k], b_x, W_qh [hd,hd,k], padding), cached per version."""
+        convs = (self.convz1, self.convr1, self.convq1, self.convz2, self.convr2, self.convq2)
+        key = tuple((c.weight._version, c.weight.data_ptr(), c.bias._version) for c in convs)
+        if self._fused_cache is not None and self._fused_cache[0] == key:
+            return self._fused_cache[1]
+        hd = self.convz1.out_channels
+        passes = []
+        for cz, cr, cq in ((self.convz1, self.convr1, self.convq1), (self.convz2, self.convr2, self.convq2)):
+            W_h = torch.cat([cz.weight[:, :hd], cr.weight[:, :hd]]).detach()
+            b_h = torch.cat([cz.bias, cr.bias]).detach()
+            W_x = torch.cat([cz.weight[:, hd:], cr.weight[:, hd:], cq.weight[:, hd:]]).detach()
+            b_x = torch.cat([torch.zeros_like(cz.bias), torch.zeros_like(cr.bias), cq.bias]).detach()
+            passes.append((W_h, b_h, W_x, b_x, cq.weight[:, :hd].detach(), cz.padding))
+        self._fused_cache = (key, passes)
+        return passes
+
     def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """State h [B,hd,h,w], input x [B,cin,h,w] -> new state [B,hd,h,w]."""
+        if self.fused and not torch.is_grad_enabled():
+            return self._forward_fused(h, x)
         for cz, cr, cq in ((self.convz1, self.convr1, self.convq1), (self.convz2, self.convr2, self.convq2)):
             hx = torch.cat([h, x], dim=1)
             z = torch.sigmoid(cz(hx))
             r = torch.sigmoid(cr(hx))
             q = torch.tanh(cq(torch.cat([r * h, x], dim=1)))
+            h = (1 - z) * h + z * q
+        return h
+
+    def _forward_fused(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Same map without concatenations: convolution is linear, so each gate's conv over cat([h, x]) is the
+        sum of a conv over h and one over x; z and r (and the x part of q) share one call each."""
+        hd = h.shape[1]
+        for W_h, b_h, W_x, b_x, W_qh, pad in self._fused_weights():
+            xs = F.conv2d(x, W_x, b_x, padding=pad)
+            hs = F.conv2d(h, W_h, b_h, padding=pad)
+            z = torch.sigmoid(hs[:, :hd] + xs[:, :hd])
+            r = torch.sigmoid(hs[:, hd:] + xs[:, hd:2 * hd])
+            q = torch.tanh(F.conv2d(r * h, W_qh, None, padding=pad) + xs[:, 2 * hd:])
             h = (1 - z) * h + z * q
         return h
 
