@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 import warnings
 from pathlib import Path
@@ -53,7 +54,7 @@ def main() -> None:
     ap.add_argument("--image-shape", type=int, nargs=2, default=(240, 320))
     args = ap.parse_args()
     warnings.simplefilter("ignore")
-    torch.set_num_threads(2)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     run_dir = Path(args.run)
     run = read_training_run(run_dir)
     model = export_model(run, WEIGHTS_DIR / "default_small.pt", tuple(args.image_shape))
