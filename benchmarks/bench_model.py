@@ -17,14 +17,15 @@ import subprocess
 import sys
 import time
 
+from dro_sfm.models.dro import FAST_PARTS
+
 VARIANTS = {
     "literal": {"fast": False, "compile": False, "release_cnet": False},
     "optimised": {"fast": True, "compile": False, "release_cnet": True},
     "optimised+compile": {"fast": True, "compile": True, "release_cnet": True},
 }
 # Ablations: the optimised path without one optimisation, to see what each gives (240x320, 12 iterations).
-for _part in ("mask_last_only", "cached_geometry", "batched_pose_refs", "pose_conv_precompute", "fused_gru",
-              "release_cnet"):
+for _part in (*FAST_PARTS, "release_cnet"):
     VARIANTS[f"optimised-{_part}"] = {"fast": True, "compile": False, "release_cnet": _part != "release_cnet",
                                       "disable": () if _part == "release_cnet" else (_part,)}
 

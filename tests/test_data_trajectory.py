@@ -134,26 +134,26 @@ def test_written_trajectories_read_back(tmp_path_factory, seeds, t0) -> None:
     assert np.allclose(back.poses, poses, atol=1e-7)
 
 
-def test_errors_name_the_file_and_line(tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("text", "reader", "message"),
+    [
+        ("0 1 0 0 0 1 0 0 0 0 1\n", read_kitti_trajectory, r"bad\.txt:1: expected 12 numbers"),
+        ("1 0 0 0 0 1 0 0 0 0 1 0\n2 0 0 0 0 2 0 0 0 0 2 0\n", read_kitti_trajectory, r"bad\.txt:2.*not rigid"),
+        ("# header\n1.0 0 0 0 0 0 0 1\n0.5 0 0 0 0 0 0 1\n", read_tum_trajectory, r"bad\.txt:3: timestamp"),
+        ("1.0 0 0 0 0 0 0 2\n", read_tum_trajectory, r"bad\.txt:1: quaternion norm"),
+        ("1.0 0 0 zero 0 0 0 1\n", read_tum_trajectory, r"bad\.txt:1: not a number"),
+        ("1.5,0,0,0,1,0,0,0\n", read_euroc_groundtruth, r"bad\.txt:1: the first column must be an integer"),
+        ("# only a comment\n", read_trajectory, "contains no poses"),
+    ],
+)
+def test_bad_files_name_the_file_and_line(tmp_path, text, reader, message) -> None:
     bad = tmp_path / "bad.txt"
-    bad.write_text("0 1 0 0 0 1 0 0 0 0 1\n")
-    with pytest.raises(InputError, match=r"bad\.txt:1: expected 12 numbers"):
-        read_kitti_trajectory(bad)
-    bad.write_text("1 0 0 0 0 1 0 0 0 0 1 0\n2 0 0 0 0 2 0 0 0 0 2 0\n")
-    with pytest.raises(InputError, match=r"bad\.txt:2.*not rigid"):
-        read_kitti_trajectory(bad)
-    bad.write_text("# header\n1.0 0 0 0 0 0 0 1\n0.5 0 0 0 0 0 0 1\n")
-    with pytest.raises(InputError, match=r"bad\.txt:3: timestamp"):
-        read_tum_trajectory(bad)
-    bad.write_text("1.0 0 0 0 0 0 0 2\n")
-    with pytest.raises(InputError, match=r"bad\.txt:1: quaternion norm"):
-        read_tum_trajectory(bad)
-    bad.write_text("1.0 0 0 zero 0 0 0 1\n")
-    with pytest.raises(InputError, match=r"bad\.txt:1: not a number"):
-        read_tum_trajectory(bad)
-    bad.write_text("# only a comment\n")
-    with pytest.raises(InputError, match="contains no poses"):
-        read_trajectory(bad)
+    bad.write_text(text)
+    with pytest.raises(InputError, match=message):
+        reader(bad)
+
+
+def test_missing_file_and_missing_timestamps_are_reported(tmp_path) -> None:
     with pytest.raises(InputError, match="not found"):
         read_trajectory(tmp_path / "missing.txt")
     with pytest.raises(InputError, match="needs timestamps"):

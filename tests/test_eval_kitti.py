@@ -34,13 +34,7 @@ MAX_GT_DEPTH = 60.0  # below 80/1.1, so a 10% over-estimate is never clamped by 
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny convolutions on 2 shared cores run far faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def synthetic_street(n_frames: int = N_FRAMES, height: int = 48, width: int = 160, seed: int = 3) -> list[Frame]:

@@ -20,7 +20,7 @@ from dro_sfm.cli import main
 from dro_sfm.data.scannet import ScanNetPair, write_scannet_scene
 from dro_sfm.data.synthetic import render_sequence
 from dro_sfm.data.types import Frame
-from dro_sfm.errors import ConfigError
+from dro_sfm.errors import ConfigError, InputError
 from dro_sfm.eval.pipeline import EvalSample, PredictorOutput
 from dro_sfm.eval.scannet import ScanNetEvalOptions, evaluate_scannet, reference_ids, resolve_pairs
 from dro_sfm.geometry.pose import invert_rigid
@@ -34,13 +34,7 @@ PAIRS = [(10, 14), (12, 15), (3, 6)]
 NO_POSE_FRAME = 6  # written with ScanNet's -inf "tracking lost" pose
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny convolutions on 2 shared cores run far faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def write_pair_list(path: Path, pairs, scene: str = SCENE) -> Path:
@@ -161,6 +155,8 @@ def test_named_pair_list(tmp_path, monkeypatch) -> None:
     monkeypatch.delenv("DRO_SFM_SPLITS", raising=False)
     with pytest.raises(ConfigError, match="DeepV2D"):
         resolve_pairs("banet")
+    with pytest.raises(InputError, match="not found in"):
+        resolve_pairs("banet", tmp_path)
     result = evaluate_scannet(tmp_path, {}, {}, ScanNetEvalOptions(splits_dir=str(splits), limit=4))
     assert len(result.records) == 4 and len(result.skipped) == 4
     assert result.skipped[0].skipped == f"scene folder scene0688_00 not in {tmp_path}"

@@ -44,13 +44,7 @@ from dro_sfm.recon.run_dir import (
 N_FRAMES = 8
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny convolutions on 2 shared cores run far faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

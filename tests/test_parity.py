@@ -12,9 +12,23 @@ from conftest import require_shared
 from dro_sfm.geometry.pose import euler_vec_to_matrix
 from dro_sfm.losses.photometric import photometric_loss
 from dro_sfm.losses.supervised import supervised_loss
+from dro_sfm.models.dro import FAST_PARTS
 from dro_sfm.models.official import build_official_model
 
 pytestmark = pytest.mark.shared
+
+# The fixture was generated with 2 CPU threads (its README). The thread count changes oneDNN's summation order,
+# and the recurrence amplifies that in a few small gradient entries to ~2e-3 relative (measured with 1 thread),
+# beyond the stated 1e-3; every comparison therefore runs under the fixture's conditions.
+FIXTURE_THREADS = 2
+
+
+@pytest.fixture(autouse=True)
+def _fixture_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(FIXTURE_THREADS)
+    yield
+    torch.set_num_threads(before)
 
 
 def _fixture():
@@ -178,9 +192,7 @@ def test_geometry_expectations() -> None:
     np.testing.assert_allclose(up.numpy(), g["upsample_out"].numpy(), atol=1e-5)
 
 
-@pytest.mark.parametrize(
-    "part", ["mask_last_only", "cached_geometry", "batched_pose_refs", "pose_conv_precompute", "fused_gru"]
-)
+@pytest.mark.parametrize("part", FAST_PARTS)
 def test_each_optimisation_alone_keeps_parity(part: str) -> None:
     """The fast path minus one optimisation still matches (each switch is independent and exact)."""
     expected = np.load(_fixture() / "expected_eval_it12_h_out.npz")

@@ -149,6 +149,13 @@ def as_intrinsics(value: np.ndarray | Sequence[float], source: str = "intrinsics
     return K
 
 
+def require_same_intrinsics(K: np.ndarray, K_first: np.ndarray, label: str, why: str) -> None:
+    """InputError unless K [3,3] equals the first frame's K_first [3,3]; ``why`` says the layout keeps one K."""
+    # Writers compare against the K they already stored: only float round-off may differ.
+    if not np.allclose(K, K_first, rtol=1e-9, atol=1e-9):
+        raise InputError(f"{label}: intrinsics differ from the first frame's; {why}")
+
+
 def read_intrinsics_txt(path: str | os.PathLike) -> np.ndarray:
     """K [3,3] from a text file holding ``fx fy cx cy`` or a 3x3 / 4x4 matrix (whitespace separated)."""
     path = Path(path)
@@ -213,6 +220,13 @@ def read_uint16_png(path: str | os.PathLike) -> np.ndarray:
     if arr.ndim != 2 or arr.dtype not in (np.uint16, np.int32, np.uint8):
         raise InputError(f"{path}: expected a single-channel 16-bit depth PNG, got {arr.dtype} {arr.shape}")
     return arr.astype(np.uint16)
+
+
+def save_frame_depth_png(path: str | os.PathLike, frame: Frame, scale: float, label: str) -> Path:
+    """Write the frame's depth [H,W] (metres) as a uint16 PNG of ``depth·scale``; it must match the image size."""
+    if frame.depth.shape != frame.image.shape[:2]:
+        raise InputError(f"{label}: depth {frame.depth.shape} and image {frame.image.shape[:2]} differ")
+    return save_uint16_png(path, depth_to_uint16(frame.depth, scale, label))
 
 
 def depth_from_uint16(raw: np.ndarray, scale: float, invalid: Sequence[int] = (0,)) -> np.ndarray:
@@ -403,11 +417,8 @@ def write_image_folder(frames: Iterable[Frame], out_dir: str | os.PathLike, digi
         if K0 is None:
             K0 = np.asarray(frame.K, dtype=np.float64)
             write_intrinsics_txt(out_dir / "intrinsics.txt", K0)
-        elif not np.allclose(frame.K, K0, rtol=1e-9, atol=1e-9):
-            raise InputError(
-                f"frame {index} ({frame.name}): intrinsics differ from the first frame's; an image folder "
-                "stores a single intrinsics.txt"
-            )
+        else:
+            require_same_intrinsics(frame.K, K0, frame.label(index), "an image folder stores a single intrinsics.txt")
         save_rgb(out_dir / f"{index:0{digits}d}.png", frame.image)
         count += 1
     if count == 0:

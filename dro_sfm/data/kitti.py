@@ -34,6 +34,7 @@ from dro_sfm.data.images import (
     natural_sorted,
     read_rgb,
     read_uint16_png,
+    require_same_intrinsics,
     save_rgb,
     save_uint16_png,
 )
@@ -774,7 +775,7 @@ def write_kitti_drive(
     imu_poses: list[np.ndarray] = []
     times: list[float] = []
     for index, frame in enumerate(tqdm(_chain(first, it), desc=f"writing {drive_dir.name}", unit="frame")):
-        label = f"frame {index} ({frame.name})" if frame.name else f"frame {index}"
+        label = frame.label(index)
         if frame.T_world_from_cam is None:
             raise InputError(
                 f"{label}: has no pose; the KITTI layout stores poses as OXTS, so every frame needs one"
@@ -783,8 +784,7 @@ def write_kitti_drive(
             raise InputError(
                 f"{label}: size {frame.width}x{frame.height} differs from the first frame's {width}x{height}"
             )
-        if not np.allclose(frame.K, K, rtol=1e-9, atol=1e-9):
-            raise InputError(f"{label}: intrinsics differ from the first frame's; KITTI stores one K per camera")
+        require_same_intrinsics(frame.K, K, label, "KITTI stores one K per camera")
         T = check_rigid(frame.T_world_from_cam, label)
         imu_poses.append(T @ T_cam_from_imu)
         stamp = frame.timestamp if frame.timestamp is not None else times0 + index / frame_rate

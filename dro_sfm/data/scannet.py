@@ -30,13 +30,13 @@ from dro_sfm.data.atomic import atomic_write_text
 from dro_sfm.data.images import (
     as_intrinsics,
     depth_from_uint16,
-    depth_to_uint16,
     image_size,
     natural_sorted,
     read_rgb,
     read_uint16_png,
+    require_same_intrinsics,
+    save_frame_depth_png,
     save_rgb,
-    save_uint16_png,
 )
 from dro_sfm.data.types import Frame
 from dro_sfm.errors import InputError
@@ -247,7 +247,7 @@ def write_scannet_scene(
     K0: np.ndarray | None = None
     count = 0
     for fid, frame in enumerate(tqdm(frames, desc=f"writing {out_dir.name}", unit="frame")):
-        label = f"frame {fid} ({frame.name})" if frame.name else f"frame {fid}"
+        label = frame.label(fid)
         if K0 is None:
             K0 = np.asarray(frame.K, dtype=np.float64)
             K4 = np.eye(4)
@@ -256,13 +256,11 @@ def write_scannet_scene(
                 write_matrix_txt(out_dir / "intrinsic" / name, K4)
             for name in ("extrinsic_color.txt", "extrinsic_depth.txt"):
                 write_matrix_txt(out_dir / "intrinsic" / name, np.eye(4))
-        elif not np.allclose(frame.K, K0, rtol=1e-9, atol=1e-9):
-            raise InputError(f"{label}: intrinsics differ from the first frame's; a ScanNet scene has one K")
+        else:
+            require_same_intrinsics(frame.K, K0, label, "a ScanNet scene has one K")
         save_rgb(out_dir / "color" / f"{fid}{image_ext}", frame.image, quality=jpeg_quality)
         if frame.depth is not None:
-            if frame.depth.shape != frame.image.shape[:2]:
-                raise InputError(f"{label}: depth {frame.depth.shape} and image {frame.image.shape[:2]} differ")
-            save_uint16_png(out_dir / "depth" / f"{fid}.png", depth_to_uint16(frame.depth, DEPTH_SCALE, label))
+            save_frame_depth_png(out_dir / "depth" / f"{fid}.png", frame, DEPTH_SCALE, label)
         if frame.T_world_from_cam is None:
             T = np.full((4, 4), -np.inf)
         else:

@@ -25,13 +25,13 @@ from tqdm import tqdm
 from dro_sfm.data.images import (
     as_intrinsics,
     depth_from_uint16,
-    depth_to_uint16,
     natural_sorted,
     read_intrinsics_txt,
     read_rgb,
     read_uint16_png,
+    require_same_intrinsics,
+    save_frame_depth_png,
     save_rgb,
-    save_uint16_png,
 )
 from dro_sfm.data.scannet import read_matrix_txt, write_matrix_txt
 from dro_sfm.data.types import Frame
@@ -142,20 +142,18 @@ def write_sevenscenes_sequence(
         raise InputError(f"image_ext must be .png or .jpg, got {image_ext!r}")
     K0 = None
     for index, frame in enumerate(tqdm(frames, desc=f"writing {out_dir.name}", unit="frame")):
-        label = f"frame {index} ({frame.name})" if frame.name else f"frame {index}"
+        label = frame.label(index)
         if K0 is None:
             K0 = np.asarray(frame.K, dtype=np.float64)
             write_matrix_txt(out_dir / INTRINSICS_FILE, K0)
-        elif not np.allclose(frame.K, K0, rtol=1e-9, atol=1e-9):
-            raise InputError(f"{label}: intrinsics differ from the first frame's; 7-Scenes stores one K")
+        else:
+            require_same_intrinsics(frame.K, K0, label, "7-Scenes stores one K")
         if frame.T_world_from_cam is None:
             raise InputError(f"{label}: has no pose; every 7-Scenes frame needs frame-XXXXXX.pose.txt")
         stem = f"frame-{start + index:06d}"
         save_rgb(out_dir / f"{stem}.color{image_ext}", frame.image)
         if frame.depth is not None:
-            if frame.depth.shape != frame.image.shape[:2]:
-                raise InputError(f"{label}: depth {frame.depth.shape} and image {frame.image.shape[:2]} differ")
-            save_uint16_png(out_dir / f"{stem}.depth.png", depth_to_uint16(frame.depth, DEPTH_SCALE, label))
+            save_frame_depth_png(out_dir / f"{stem}.depth.png", frame, DEPTH_SCALE, label)
         write_matrix_txt(out_dir / f"{stem}.pose.txt", check_rigid(frame.T_world_from_cam, label))
     if K0 is None:
         raise InputError(f"{out_dir}: no frames to write")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,20 +123,27 @@ def _pose_from_quat(values: np.ndarray, q_wxyz: np.ndarray, path: Path, number: 
     return pose_from_quat_trans(q_wxyz, values)
 
 
-def read_tum_trajectory(path: str | os.PathLike) -> Trajectory:
-    """Read a TUM trajectory file (``timestamp tx ty tz qx qy qz qw`` per line, ``#`` comments)."""
-    path = Path(path)
+def _read_stamped_poses(path: Path, parse_line: Callable[[list[str], int], tuple[float, np.ndarray]]) -> Trajectory:
+    """A timestamped trajectory whose data lines ``parse_line(tokens, line_number)`` turns into (seconds, [4,4])."""
     rows = _data_lines(path)
     stamps = np.empty(len(rows))
     poses = np.empty((len(rows), 4, 4))
-    numbers = []
     for i, (number, tokens) in enumerate(rows):
-        v = _floats(tokens, path, number, 8, "timestamp tx ty tz qx qy qz qw")
-        stamps[i] = v[0]
-        poses[i] = _pose_from_quat(v[1:4], np.array([v[7], v[4], v[5], v[6]]), path, number)
-        numbers.append(number)
+        stamps[i], poses[i] = parse_line(tokens, number)
+    numbers = [number for number, _ in rows]
     _check_monotonic(stamps, path, numbers)
     return Trajectory(validate_poses(poses, str(path), numbers), stamps)
+
+
+def read_tum_trajectory(path: str | os.PathLike) -> Trajectory:
+    """Read a TUM trajectory file (``timestamp tx ty tz qx qy qz qw`` per line, ``#`` comments)."""
+    path = Path(path)
+
+    def parse_line(tokens: list[str], number: int) -> tuple[float, np.ndarray]:
+        v = _floats(tokens, path, number, 8, "timestamp tx ty tz qx qy qz qw")
+        return v[0], _pose_from_quat(v[1:4], np.array([v[7], v[4], v[5], v[6]]), path, number)
+
+    return _read_stamped_poses(path, parse_line)
 
 
 def write_tum_trajectory(path: str | os.PathLike, trajectory: Trajectory, header: str | None = None) -> Path:
@@ -197,21 +205,16 @@ def write_kitti_trajectory(
 def read_euroc_groundtruth(path: str | os.PathLike) -> Trajectory:
     """Read EuRoC ``state_groundtruth_estimate0/data.csv``: ``t[ns], px, py, pz, qw, qx, qy, qz, ...``."""
     path = Path(path)
-    rows = _data_lines(path)
-    stamps = np.empty(len(rows))
-    poses = np.empty((len(rows), 4, 4))
-    numbers = []
-    for i, (number, tokens) in enumerate(rows):
+
+    def parse_line(tokens: list[str], number: int) -> tuple[float, np.ndarray]:
         if not tokens[0].isdigit():
             raise InputError(f"{path}:{number}: the first column must be an integer timestamp in nanoseconds")
         v = _floats(tokens, path, number, 8, "timestamp px py pz qw qx qy qz")
         # Integer nanoseconds are split before converting so the seconds keep full float64 precision.
         ns = int(tokens[0])
-        stamps[i] = ns // 1_000_000_000 + (ns % 1_000_000_000) * 1e-9
-        poses[i] = _pose_from_quat(v[1:4], v[4:8], path, number)
-        numbers.append(number)
-    _check_monotonic(stamps, path, numbers)
-    return Trajectory(validate_poses(poses, str(path), numbers), stamps)
+        return ns // 1_000_000_000 + (ns % 1_000_000_000) * 1e-9, _pose_from_quat(v[1:4], v[4:8], path, number)
+
+    return _read_stamped_poses(path, parse_line)
 
 
 def read_trajectory(path: str | os.PathLike, fmt: str | None = None) -> Trajectory:

@@ -27,12 +27,12 @@ from dro_sfm.data.atomic import atomic_write_text
 from dro_sfm.data.images import (
     as_intrinsics,
     depth_from_uint16,
-    depth_to_uint16,
     read_intrinsics_txt,
     read_rgb,
     read_uint16_png,
+    require_same_intrinsics,
+    save_frame_depth_png,
     save_rgb,
-    save_uint16_png,
     write_intrinsics_txt,
 )
 from dro_sfm.data.trajectory import Trajectory, read_tum_trajectory, write_tum_trajectory
@@ -227,12 +227,12 @@ def write_tum_sequence(frames: Iterable[Frame], out_dir: str | os.PathLike, fram
     K0 = None
     last = -np.inf
     for index, frame in enumerate(tqdm(frames, desc=f"writing {out_dir.name}", unit="frame")):
-        label = f"frame {index} ({frame.name})" if frame.name else f"frame {index}"
+        label = frame.label(index)
         if K0 is None:
             K0 = np.asarray(frame.K, dtype=np.float64)
             write_intrinsics_txt(out_dir / "calibration.txt", K0)
-        elif not np.allclose(frame.K, K0, rtol=1e-9, atol=1e-9):
-            raise InputError(f"{label}: intrinsics differ from the first frame's; a TUM sequence has one camera")
+        else:
+            require_same_intrinsics(frame.K, K0, label, "a TUM sequence has one camera")
         stamp = frame.timestamp if frame.timestamp is not None else index / frame_rate
         name = f"{stamp:.6f}"
         if float(name) <= last:
@@ -241,9 +241,7 @@ def write_tum_sequence(frames: Iterable[Frame], out_dir: str | os.PathLike, fram
         save_rgb(out_dir / "rgb" / f"{name}.png", frame.image)
         rgb_lines.append(f"{name} rgb/{name}.png\n")
         if frame.depth is not None:
-            if frame.depth.shape != frame.image.shape[:2]:
-                raise InputError(f"{label}: depth {frame.depth.shape} and image {frame.image.shape[:2]} differ")
-            save_uint16_png(out_dir / "depth" / f"{name}.png", depth_to_uint16(frame.depth, DEPTH_SCALE, label))
+            save_frame_depth_png(out_dir / "depth" / f"{name}.png", frame, DEPTH_SCALE, label)
             depth_lines.append(f"{name} depth/{name}.png\n")
         if frame.T_world_from_cam is not None:
             stamps.append(float(name))

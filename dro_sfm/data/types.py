@@ -31,3 +31,7 @@ class Frame:
     @property
     def width(self) -> int:
         return int(self.image.shape[1])
+
+    def label(self, index: int) -> str:
+        """How writers name the ``index``-th frame of a stream in errors: ``frame 3 (name)``, or ``frame 3``."""
+        return f"frame {index} ({self.name})" if self.name else f"frame {index}"

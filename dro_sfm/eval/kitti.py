@@ -40,7 +40,6 @@ from dro_sfm.data.kitti import (
 )
 from dro_sfm.errors import ConfigError, InputError
 from dro_sfm.eval.colmap_baseline import ColmapOptions
-from dro_sfm.eval.depth_metrics import get_protocol
 from dro_sfm.eval.distributed import DistContext
 from dro_sfm.eval.pipeline import (
     BenchmarkResult,
@@ -48,16 +47,13 @@ from dro_sfm.eval.pipeline import (
     EvalSettings,
     Predictor,
     SkipSample,
-    WorstFrameRenderer,
-    evaluate_samples,
-    summarize,
-    write_benchmark,
+    run_benchmark,
 )
+from dro_sfm.eval.splits import resolve_test_list
 from dro_sfm.geometry.pose import invert_rigid
 
 logger = logging.getLogger(__name__)
 
-SPLITS_ENV = "DRO_SFM_SPLITS"
 GtSource = Literal["auto", "velodyne", "npz", "improved"]
 GT_SOURCES: tuple[str, ...] = ("auto", "velodyne", "npz", "improved")
 NAMED_SPLITS = {"eigen": "eigen/test_files.txt", "eigen_benchmark": "eigen_benchmark/test_files.txt"}
@@ -82,22 +78,8 @@ def resolve_split(split: str | os.PathLike, splits_dir: str | os.PathLike | None
 
     A splits directory may hold ``kitti/<name>/test_files.txt`` or ``<name>/test_files.txt``.
     """
-    split = str(split)
-    if split not in NAMED_SPLITS:
-        path = Path(split)
-        if not path.is_file():
-            raise InputError(f"split {split!r} is neither a file nor one of {', '.join(NAMED_SPLITS)}")
-        return path
-    base = splits_dir if splits_dir is not None else os.environ.get(SPLITS_ENV)
-    if not base:
-        raise ConfigError(f"split {split!r} needs a splits directory: {_SPLIT_HELP}")
-    base = Path(base)
-    candidates = [base / "kitti" / NAMED_SPLITS[split], base / NAMED_SPLITS[split]]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise InputError(f"split {split!r} not found in {base} (looked for {candidates[0]} and {candidates[1]}); "
-                     + _SPLIT_HELP.replace("<DIR>", str(base)))
+    named = {name: (f"kitti/{relative}", relative) for name, relative in NAMED_SPLITS.items()}
+    return resolve_test_list(split, named, "split", _SPLIT_HELP, splits_dir)
 
 
 # ----------------------------------------------------------------------------------------------- ground truth
@@ -275,12 +257,11 @@ def evaluate_kitti(
         raise ConfigError(f"unknown KITTI ground truth {options.gt!r}; use one of {', '.join(GT_SOURCES)}")
     gt_source = detect_gt_source(root, entries, split_name) if options.gt == "auto" else options.gt
     specs = build_specs(root, entries, options.ref_offsets, options.missing_ref)
-    settings = EvalSettings(tuple(get_protocol(p) for p in options.protocols), options.post_process, options.colmap)
+    settings = EvalSettings.from_protocol_names(options.protocols, options.post_process, options.colmap)
 
     def load(spec: KittiSpec) -> EvalSample:
         return load_sample(root, spec, gt_source)
 
-    records = evaluate_samples(specs, load, methods, settings, ctx, sample_id=lambda s: s.sample_id)
     official_refs = tuple(options.ref_offsets) == OFFICIAL_REF_OFFSETS and options.missing_ref == "skip"
     header = {
         "data": str(root), "split": split_name, "split_file": str(split_path), "gt": gt_source,
@@ -299,8 +280,6 @@ def evaluate_kitti(
     ]
     if gt_source != "improved" and split_name == "eigen_benchmark":
         notes.append("Warning: the Eigen-benchmark split is meant for the improved ground truth.")
-    result = summarize("kitti", f"KITTI depth evaluation — {split_name}, {gt_source} ground truth", records,
-                       descriptions, settings, header, notes, ctx.world_size)
-    if out is not None and ctx.is_main:
-        write_benchmark(result, out, WorstFrameRenderer(result, specs, load, methods), plots=plots)
-    return result
+    title = f"KITTI depth evaluation — {split_name}, {gt_source} ground truth"
+    return run_benchmark("kitti", title, specs, load, methods, descriptions, settings, header, notes, ctx, out, plots,
+                         sample_id=lambda s: s.sample_id)

@@ -38,6 +38,7 @@ from dro_sfm.eval.depth_metrics import (
     DepthProtocol,
     DepthVariantSummary,
     evaluate_depth_variants,
+    get_protocol,
     post_process_inv_depth,
     resize_depth_to,
     summarize_variant,
@@ -192,6 +193,13 @@ class EvalSettings:
     protocols: tuple[DepthProtocol, ...]
     post_process: bool = True
     colmap: ColmapOptions | None = None
+
+    @classmethod
+    def from_protocol_names(
+        cls, names: Sequence[str], post_process: bool = True, colmap: ColmapOptions | None = None
+    ) -> EvalSettings:
+        """Settings for the named depth protocols (see :func:`~dro_sfm.eval.depth_metrics.get_protocol`)."""
+        return cls(tuple(get_protocol(name) for name in names), post_process, colmap)
 
     @property
     def headline_suffix(self) -> str:
@@ -616,6 +624,30 @@ def plot_worst_frames(frames: Sequence[WorstFrame], path: str | Path, title: str
     target = Path(path)
     with atomic_path(target) as tmp:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+
+
+# ----------------------------------------------------------------------------------------------- benchmark
+def run_benchmark(
+    benchmark: str,
+    title: str,
+    specs: Sequence[S],
+    load: Callable[[S], EvalSample],
+    methods: Mapping[str, Predictor],
+    descriptions: Mapping[str, dict[str, Any]],
+    settings: EvalSettings,
+    header: dict[str, Any],
+    notes: Sequence[str],
+    ctx: DistContext,
+    out: str | Path | None = None,
+    plots: bool = True,
+    sample_id: Callable[[S], str] = str,
+) -> BenchmarkResult:
+    """Evaluate ``specs`` across ``ctx``'s processes and summarize; rank 0 writes the results when ``out`` is given."""
+    records = evaluate_samples(specs, load, methods, settings, ctx, sample_id=sample_id)
+    result = summarize(benchmark, title, records, descriptions, settings, header, notes, ctx.world_size)
+    if out is not None and ctx.is_main:
+        write_benchmark(result, out, WorstFrameRenderer(result, specs, load, methods), plots=plots)
+    return result
 
 
 # ----------------------------------------------------------------------------------------------- models

@@ -41,20 +41,16 @@ from dro_sfm.data.scannet import (
 )
 from dro_sfm.errors import ConfigError, InputError
 from dro_sfm.eval.colmap_baseline import ColmapOptions
-from dro_sfm.eval.depth_metrics import get_protocol
 from dro_sfm.eval.distributed import DistContext
-from dro_sfm.eval.kitti import SPLITS_ENV
 from dro_sfm.eval.pipeline import (
     BenchmarkResult,
     EvalSample,
     EvalSettings,
     Predictor,
     SkipSample,
-    WorstFrameRenderer,
-    evaluate_samples,
-    summarize,
-    write_benchmark,
+    run_benchmark,
 )
+from dro_sfm.eval.splits import resolve_test_list
 from dro_sfm.geometry.pose import check_rigid, invert_rigid
 
 logger = logging.getLogger(__name__)
@@ -73,19 +69,8 @@ _PAIRS_HELP = (
 
 def resolve_pairs(pairs: str | os.PathLike, splits_dir: str | os.PathLike | None = None) -> Path:
     """The pair-list file: ``pairs`` itself if it is a file, else the named list (``banet``) in the splits dir."""
-    pairs = str(pairs)
-    if pairs not in NAMED_PAIRS:
-        path = Path(pairs)
-        if not path.is_file():
-            raise InputError(f"pair list {pairs!r} is neither a file nor one of {', '.join(NAMED_PAIRS)}")
-        return path
-    base = splits_dir if splits_dir is not None else os.environ.get(SPLITS_ENV)
-    if not base:
-        raise ConfigError(f"pair list {pairs!r} needs a splits directory: {_PAIRS_HELP}")
-    for path in (Path(base) / NAMED_PAIRS[pairs], Path(base) / Path(NAMED_PAIRS[pairs]).name):
-        if path.is_file():
-            return path
-    raise InputError(f"pair list {pairs!r} not found in {base}; " + _PAIRS_HELP.replace("<DIR>", str(base)))
+    named = {name: (relative, Path(relative).name) for name, relative in NAMED_PAIRS.items()}
+    return resolve_test_list(pairs, named, "pair list", _PAIRS_HELP, splits_dir)
 
 
 # ----------------------------------------------------------------------------------------------- scene files
@@ -219,12 +204,11 @@ def evaluate_scannet(
     if options.limit is not None:
         pairs = pairs[: options.limit]
     specs = [ScanNetSpec(p, reference_ids(p, options.views)) for p in pairs]
-    settings = EvalSettings(tuple(get_protocol(p) for p in options.protocols), options.post_process, options.colmap)
+    settings = EvalSettings.from_protocol_names(options.protocols, options.post_process, options.colmap)
 
     def load(spec: ScanNetSpec) -> EvalSample:
         return load_sample(root, spec)
 
-    records = evaluate_samples(specs, load, methods, settings, ctx, sample_id=lambda s: s.sample_id)
     offsets = ", ".join(f"{o:+d}·s" for o in VIEW_OFFSETS[options.views])
     header = {"data": str(root), "pairs": str(pairs_path), "views": options.views,
               "extra_ref_offsets": list(VIEW_OFFSETS[options.views]), "protocols": list(options.protocols)}
@@ -238,8 +222,6 @@ def evaluate_scannet(
         "variants '' raw, '_pp' flip post-processing, '_gt' per-image median scaling, '_pp_gt' both"
         + ("" if options.post_process else " (post-processing disabled)") + ".",
     ]
-    result = summarize("scannet", f"ScanNet depth and pose evaluation — {options.views} views", records,
-                       descriptions, settings, header, notes, ctx.world_size)
-    if out is not None and ctx.is_main:
-        write_benchmark(result, out, WorstFrameRenderer(result, specs, load, methods), plots=plots)
-    return result
+    title = f"ScanNet depth and pose evaluation — {options.views} views"
+    return run_benchmark("scannet", title, specs, load, methods, descriptions, settings, header, notes, ctx, out,
+                         plots, sample_id=lambda s: s.sample_id)

@@ -33,7 +33,6 @@ import numpy as np
 from dro_sfm.data.images import depth_from_uint16, image_size, read_uint16_png
 from dro_sfm.errors import ConfigError, InputError
 from dro_sfm.eval.colmap_baseline import ColmapOptions, ColmapResult, run_colmap
-from dro_sfm.eval.depth_metrics import get_protocol
 from dro_sfm.eval.distributed import DistContext
 from dro_sfm.eval.pipeline import (
     BenchmarkResult,
@@ -386,7 +385,7 @@ def evaluate_sequence(
     if len(pairs) < 1:
         raise InputError(f"no run frame of {root} matches a ground-truth frame of {data}")
     protocols = options.protocols or (OUTDOOR_PROTOCOLS if layout == "kitti" else INDOOR_PROTOCOLS)
-    settings = EvalSettings(tuple(get_protocol(p) for p in protocols), post_process=False)
+    settings = EvalSettings.from_protocol_names(protocols, post_process=False)
     specs = build_specs(run, pairs)
     methods: dict[str, Predictor] = {"run": RunPredictor(root, run, pairs), **(baseline_methods or {})}
     descriptions = {"run": {"label": "the reconstruct run (its depth maps and poses)", "run_dir": str(root)},

@@ -104,14 +104,12 @@ class IndoorBuilder:
         self.m_poster = [m.add("poster", r.uniform(0.003, 0.005)) for _ in range(2)]
         self.m_photo = [m.add("photo", r.uniform(0.003, 0.007)) for _ in range(2)]
         self.m_glass = m.add("glass", 0.006)
-        self.m_misc = [
-            m.add_choice(
-                ["photo", "marble", "stripes", "tiles", "fabric", "metal", "poster", "wood"],
-                (0.002, 0.006),
-                saturation=0.8,
-            )
-            for _ in range(max(0, self.cfg.n_materials - len(m.textures)))
-        ]
+        self.m_misc = m.fill_with_choices(
+            self.cfg.n_materials,
+            ["photo", "marble", "stripes", "tiles", "fabric", "metal", "poster", "wood"],
+            (0.002, 0.006),
+            saturation=0.8,
+        )
 
     def pick(self, *groups: list[int] | int) -> int:
         """A material id drawn from the given roles, sometimes from the miscellaneous pool instead."""
@@ -199,6 +197,31 @@ class IndoorBuilder:
             kind = kinds[int(self.rng.integers(len(kinds)))]
             kind(self.walls[int(self.rng.integers(4))])
 
+    def _wall_box(
+        self,
+        wall: Wall,
+        size: tuple[float, float, float],
+        at: tuple[float, float, float],
+        material: int,
+        tint: np.ndarray,
+        oid: int | None = None,
+    ) -> None:
+        """A box ``size`` (along the wall, into the room, up) centred at ``wall.point(*at)``."""
+        self.mesh.add_box(size, wall.R, wall.point(*at), material, tint, self.uvoff(), oid)
+
+    def _wall_quad(
+        self,
+        wall: Wall,
+        corner: tuple[float, float, float],
+        width: float,
+        height: float,
+        material: int,
+        tint: np.ndarray,
+        oid: int,
+    ) -> None:
+        """A flat ``width`` x ``height`` rectangle facing into the room, lower-left at ``wall.point(*corner)``."""
+        self.mesh.add_quad(wall.point(*corner), wall.along * width, UP * height, material, tint, self.uvoff(), oid)
+
     def _door(self, wall: Wall) -> None:
         r, mb = self.rng, self.mesh
         w, h = r.uniform(0.8, 1.0), r.uniform(1.95, 2.15)
@@ -208,33 +231,9 @@ class IndoorBuilder:
         oid = mb.new_object()
         frame_mat, frame_tint = self.pick(self.m_wood, self.m_metal), self.tint(0.15)
         for ds in (-(w + 0.06) / 2, (w + 0.06) / 2):
-            mb.add_box(
-                (0.06, 0.05, h + 0.06),
-                wall.R,
-                wall.point(s + ds, 0.025, (h + 0.06) / 2),
-                frame_mat,
-                frame_tint,
-                self.uvoff(),
-                oid,
-            )
-        mb.add_box(
-            (w + 0.12, 0.05, 0.06),
-            wall.R,
-            wall.point(s, 0.025, h + 0.03),
-            frame_mat,
-            frame_tint,
-            self.uvoff(),
-            oid,
-        )
-        mb.add_box(
-            (w, 0.04, h),
-            wall.R,
-            wall.point(s, 0.02, h / 2),
-            self.pick(self.m_wood, self.m_photo),
-            self.tint(0.4),
-            self.uvoff(),
-            oid,
-        )
+            self._wall_box(wall, (0.06, 0.05, h + 0.06), (s + ds, 0.025, (h + 0.06) / 2), frame_mat, frame_tint, oid)
+        self._wall_box(wall, (w + 0.12, 0.05, 0.06), (s, 0.025, h + 0.03), frame_mat, frame_tint, oid)
+        self._wall_box(wall, (w, 0.04, h), (s, 0.02, h / 2), self.pick(self.m_wood, self.m_photo), self.tint(0.4), oid)
         side = 1.0 if r.uniform() < 0.5 else -1.0
         handle = wall.point(s + side * (w / 2 - 0.08), 0.07, r.uniform(0.95, 1.1))
         mb.add_ellipsoid(
@@ -249,46 +248,14 @@ class IndoorBuilder:
             return
         z0 = r.uniform(0.8, 1.0)
         oid = mb.new_object()
-        mb.add_box(
-            (w, 0.03, h),
-            wall.R,
-            wall.point(s, 0.015, z0 + h / 2),
-            self.m_glass,
-            self.tint(0.1),
-            self.uvoff(),
-            oid,
-        )
+        self._wall_box(wall, (w, 0.03, h), (s, 0.015, z0 + h / 2), self.m_glass, self.tint(0.1), oid)
         frame_mat, frame_tint = self.pick(self.m_wood, self.m_metal), self.tint(0.1)
         t = 0.06
         for dz in (0.0, h):
-            mb.add_box(
-                (w + 2 * t, 0.08, t),
-                wall.R,
-                wall.point(s, 0.04, z0 + dz),
-                frame_mat,
-                frame_tint,
-                self.uvoff(),
-                oid,
-            )
+            self._wall_box(wall, (w + 2 * t, 0.08, t), (s, 0.04, z0 + dz), frame_mat, frame_tint, oid)
         for ds in (-w / 2, 0.0, w / 2):
-            mb.add_box(
-                (t, 0.07, h),
-                wall.R,
-                wall.point(s + ds, 0.035, z0 + h / 2),
-                frame_mat,
-                frame_tint,
-                self.uvoff(),
-                oid,
-            )
-        mb.add_box(
-            (w + 0.2, 0.18, 0.03),
-            wall.R,
-            wall.point(s, 0.09, z0 - 0.03),
-            frame_mat,
-            frame_tint,
-            self.uvoff(),
-            oid,
-        )
+            self._wall_box(wall, (t, 0.07, h), (s + ds, 0.035, z0 + h / 2), frame_mat, frame_tint, oid)
+        self._wall_box(wall, (w + 0.2, 0.18, 0.03), (s, 0.09, z0 - 0.03), frame_mat, frame_tint, oid)
 
     def _picture(self, wall: Wall) -> None:
         r, mb = self.rng, self.mesh
@@ -299,23 +266,15 @@ class IndoorBuilder:
         zc = r.uniform(1.2, min(1.9, self.size[2] - 0.3 - h / 2))
         oid = mb.new_object()
         d = r.uniform(0.015, 0.04)
-        mb.add_box(
-            (w, d, h),
-            wall.R,
-            wall.point(s, d / 2, zc),
-            self.pick(self.m_wood, self.m_metal),
-            self.tint(0.3),
-            self.uvoff(),
-            oid,
-        )
+        self._wall_box(wall, (w, d, h), (s, d / 2, zc), self.pick(self.m_wood, self.m_metal), self.tint(0.3), oid)
         border = r.uniform(0.02, 0.06)
-        mb.add_quad(
-            wall.point(s - w / 2 + border, d + 0.002, zc - h / 2 + border),
-            wall.along * (w - 2 * border),
-            UP * (h - 2 * border),
+        self._wall_quad(
+            wall,
+            (s - w / 2 + border, d + 0.002, zc - h / 2 + border),
+            w - 2 * border,
+            h - 2 * border,
             self.pick(self.m_poster, self.m_photo),
             self.tint(0.1),
-            self.uvoff(),
             oid,
         )
 
@@ -327,33 +286,10 @@ class IndoorBuilder:
             return
         zc = r.uniform(1.3, 1.6)
         oid = mb.new_object()
-        mb.add_box(
-            (w + 0.04, 0.02, h + 0.04),
-            wall.R,
-            wall.point(s, 0.01, zc),
-            self.m_metal,
-            self.tint(0.1),
-            self.uvoff(),
-            oid,
-        )
-        mb.add_quad(
-            wall.point(s - w / 2, 0.0205, zc - h / 2),
-            wall.along * w,
-            UP * h,
-            self.pick(self.m_poster, self.m_misc or self.m_photo),
-            self.tint(0.05),
-            self.uvoff(),
-            oid,
-        )
-        mb.add_box(
-            (w * 0.8, 0.05, 0.02),
-            wall.R,
-            wall.point(s, 0.045, zc - h / 2 - 0.01),
-            self.m_metal,
-            self.tint(0.1),
-            self.uvoff(),
-            oid,
-        )
+        self._wall_box(wall, (w + 0.04, 0.02, h + 0.04), (s, 0.01, zc), self.m_metal, self.tint(0.1), oid)
+        surface = self.pick(self.m_poster, self.m_misc or self.m_photo)
+        self._wall_quad(wall, (s - w / 2, 0.0205, zc - h / 2), w, h, surface, self.tint(0.05), oid)
+        self._wall_box(wall, (w * 0.8, 0.05, 0.02), (s, 0.045, zc - h / 2 - 0.01), self.m_metal, self.tint(0.1), oid)
 
     def _shelf(self, wall: Wall) -> None:
         r, mb = self.rng, self.mesh
@@ -366,20 +302,12 @@ class IndoorBuilder:
         mat, tint = self.pick(self.m_wood), self.tint(0.2)
         t = 0.02
         for ds in (-(w - t) / 2, (w - t) / 2):
-            mb.add_box((t, d, h), wall.R, wall.point(s + ds, d / 2, h / 2), mat, tint, self.uvoff(), oid)
-        mb.add_box((w, 0.01, h), wall.R, wall.point(s, 0.005, h / 2), mat, tint, self.uvoff(), oid)
+            self._wall_box(wall, (t, d, h), (s + ds, d / 2, h / 2), mat, tint, oid)
+        self._wall_box(wall, (w, 0.01, h), (s, 0.005, h / 2), mat, tint, oid)
         n_boards = int(r.integers(3, 6))
         levels = np.linspace(0.05, h - t / 2, n_boards + 1)
         for k, z in enumerate(levels):
-            mb.add_box(
-                (w - 2 * t, d - 0.01, t),
-                wall.R,
-                wall.point(s, d / 2 + 0.005, z),
-                mat,
-                tint,
-                self.uvoff(),
-                oid,
-            )
+            self._wall_box(wall, (w - 2 * t, d - 0.01, t), (s, d / 2 + 0.005, z), mat, tint, oid)
             if k < n_boards:
                 self._books(wall, s, w - 2 * t, d - 0.04, z + t / 2, levels[k + 1] - z - t - 0.02)
 
@@ -427,46 +355,15 @@ class IndoorBuilder:
             return
         oid = mb.new_object()
         mat, tint = self.pick(self.m_wood, self.m_misc or self.m_metal), self.tint(0.3)
-        mb.add_box(
-            (w, d, h - 0.08),
-            wall.R,
-            wall.point(s, d / 2, 0.08 + (h - 0.08) / 2),
-            mat,
-            tint,
-            self.uvoff(),
-            oid,
-        )
-        mb.add_box(
-            (w - 0.04, d - 0.04, 0.08),
-            wall.R,
-            wall.point(s, d / 2, 0.04),
-            self.m_metal,
-            self.tint(0.1),
-            self.uvoff(),
-            oid,
-        )
+        self._wall_box(wall, (w, d, h - 0.08), (s, d / 2, 0.08 + (h - 0.08) / 2), mat, tint, oid)
+        self._wall_box(wall, (w - 0.04, d - 0.04, 0.08), (s, d / 2, 0.04), self.m_metal, self.tint(0.1), oid)
         n_doors = 2 if w > 1.0 else 1
         for k in range(n_doors):
             ds = (k - (n_doors - 1) / 2) * w / n_doors
-            mb.add_box(
-                (w / n_doors - 0.01, 0.01, h - 0.14),
-                wall.R,
-                wall.point(s + ds, d + 0.005, 0.08 + (h - 0.08) / 2),
-                mat,
-                tint * 0.9,
-                self.uvoff(),
-                oid,
-            )
+            door_size = (w / n_doors - 0.01, 0.01, h - 0.14)
+            self._wall_box(wall, door_size, (s + ds, d + 0.005, 0.08 + (h - 0.08) / 2), mat, tint * 0.9, oid)
             hx = ds + (0.5 - k) * 0.05 if n_doors == 2 else ds + w / 2 - 0.08
-            mb.add_box(
-                (0.02, 0.03, 0.25),
-                wall.R,
-                wall.point(s + hx, d + 0.025, 1.0),
-                self.m_metal,
-                self.tint(0.05),
-                self.uvoff(),
-                oid,
-            )
+            self._wall_box(wall, (0.02, 0.03, 0.25), (s + hx, d + 0.025, 1.0), self.m_metal, self.tint(0.05), oid)
 
     def _radiator(self, wall: Wall) -> None:
         r, mb = self.rng, self.mesh
@@ -479,16 +376,8 @@ class IndoorBuilder:
         tint = self.tint(0.05)
         for k in range(fins):
             ds = -w / 2 + (k + 0.5) * w / fins
-            mb.add_box(
-                (0.035, 0.08, 0.55),
-                wall.R,
-                wall.point(s + ds, 0.07, 0.42),
-                self.m_metal,
-                tint,
-                self.uvoff(),
-                oid,
-            )
-        mb.add_box((w, 0.04, 0.05), wall.R, wall.point(s, 0.07, 0.72), self.m_metal, tint, self.uvoff(), oid)
+            self._wall_box(wall, (0.035, 0.08, 0.55), (s + ds, 0.07, 0.42), self.m_metal, tint, oid)
+        self._wall_box(wall, (w, 0.04, 0.05), (s, 0.07, 0.72), self.m_metal, tint, oid)
 
     def _tv(self, wall: Wall) -> None:
         r, mb = self.rng, self.mesh
@@ -499,18 +388,10 @@ class IndoorBuilder:
             return
         zc = r.uniform(1.2, 1.6)
         oid = mb.new_object()
-        mb.add_box(
-            (w, 0.05, h), wall.R, wall.point(s, 0.025, zc), self.m_metal, np.full(3, 0.25), self.uvoff(), oid
-        )
-        mb.add_quad(
-            wall.point(s - w / 2 + 0.02, 0.0505, zc - h / 2 + 0.02),
-            wall.along * (w - 0.04),
-            UP * (h - 0.04),
-            self.pick(self.m_photo, self.m_poster),
-            np.full(3, 0.8),
-            self.uvoff(),
-            oid,
-        )
+        self._wall_box(wall, (w, 0.05, h), (s, 0.025, zc), self.m_metal, np.full(3, 0.25), oid)
+        screen = self.pick(self.m_photo, self.m_poster)
+        corner = (s - w / 2 + 0.02, 0.0505, zc - h / 2 + 0.02)
+        self._wall_quad(wall, corner, w - 0.04, h - 0.04, screen, np.full(3, 0.8), oid)
 
     def _clock(self, wall: Wall) -> None:
         r, mb = self.rng, self.mesh
@@ -742,31 +623,39 @@ class IndoorBuilder:
         back = np.array([x, y, 0.0]) + R @ np.array([0.0, -w / 2 + 0.02, seat_h + 0.22])
         mb.add_box((w, 0.03, 0.4), R, back, mat, tint, self.uvoff(), oid)
 
+    def _place_furniture(self, w: float, d: float, h: float) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """Yaw rotation [3,3], floor centre [3] and a new object id of a free w x d spot, or None if none is free."""
+        spot = self._place(w, d, h)
+        if spot is None:
+            return None
+        x, y, yaw = spot
+        return rot_z(yaw), np.array([x, y, 0.0]), self.mesh.new_object()
+
+    def _turned_box(
+        self,
+        R: np.ndarray,
+        base: np.ndarray,
+        size: tuple[float, float, float],
+        at: tuple[float, float, float],
+        material: int,
+        tint: np.ndarray,
+        oid: int,
+    ) -> None:
+        """A box ``size`` of a piece of furniture turned by ``R`` [3,3], centred at ``base + R @ at``."""
+        self.mesh.add_box(size, R, base + R @ np.array(at), material, tint, self.uvoff(), oid)
+
     def _sofa(self) -> None:
         r, mb = self.rng, self.mesh
         w, d = r.uniform(1.4, 2.2), r.uniform(0.8, 0.95)
-        spot = self._place(w, d, 0.85)
-        if spot is None:
+        placed = self._place_furniture(w, d, 0.85)
+        if placed is None:
             return
-        x, y, yaw = spot
-        R = rot_z(yaw)
-        c = np.array([x, y, 0.0])
-        oid = mb.new_object()
+        R, c, oid = placed
         mat, tint = self.pick(self.m_fabric), self.tint(0.5)
-        mb.add_box((w, d, 0.42), R, c + R @ np.array([0, 0, 0.21]), mat, tint, self.uvoff(), oid)
-        mb.add_box(
-            (w, 0.2, 0.43), R, c + R @ np.array([0, -d / 2 + 0.1, 0.42 + 0.215]), mat, tint, self.uvoff(), oid
-        )
+        self._turned_box(R, c, (w, d, 0.42), (0, 0, 0.21), mat, tint, oid)
+        self._turned_box(R, c, (w, 0.2, 0.43), (0, -d / 2 + 0.1, 0.42 + 0.215), mat, tint, oid)
         for sx in (-1, 1):
-            mb.add_box(
-                (0.18, d, 0.2),
-                R,
-                c + R @ np.array([sx * (w / 2 - 0.09), 0, 0.52]),
-                mat,
-                tint,
-                self.uvoff(),
-                oid,
-            )
+            self._turned_box(R, c, (0.18, d, 0.2), (sx * (w / 2 - 0.09), 0, 0.52), mat, tint, oid)
         for _ in range(int(r.integers(0, 3))):
             cx = r.uniform(-w / 2 + 0.35, w / 2 - 0.35)
             mb.add_ellipsoid(
@@ -782,27 +671,14 @@ class IndoorBuilder:
     def _bed(self) -> None:
         r, mb = self.rng, self.mesh
         w, d = r.uniform(1.0, 1.8), r.uniform(1.9, 2.1)
-        spot = self._place(w, d, 0.95)
-        if spot is None:
+        placed = self._place_furniture(w, d, 0.95)
+        if placed is None:
             return
-        x, y, yaw = spot
-        R = rot_z(yaw)
-        c = np.array([x, y, 0.0])
-        oid = mb.new_object()
+        R, c, oid = placed
         wood, wt = self.pick(self.m_wood), self.tint(0.2)
-        mb.add_box((w, d, 0.3), R, c + R @ np.array([0, 0, 0.15]), wood, wt, self.uvoff(), oid)
-        mb.add_box(
-            (w - 0.06, d - 0.06, 0.2),
-            R,
-            c + R @ np.array([0, 0.0, 0.4]),
-            self.pick(self.m_fabric),
-            self.tint(0.4),
-            self.uvoff(),
-            oid,
-        )
-        mb.add_box(
-            (w, 0.06, 0.95), R, c + R @ np.array([0, -d / 2 + 0.03, 0.475]), wood, wt, self.uvoff(), oid
-        )
+        self._turned_box(R, c, (w, d, 0.3), (0, 0, 0.15), wood, wt, oid)
+        self._turned_box(R, c, (w - 0.06, d - 0.06, 0.2), (0, 0.0, 0.4), self.pick(self.m_fabric), self.tint(0.4), oid)
+        self._turned_box(R, c, (w, 0.06, 0.95), (0, -d / 2 + 0.03, 0.475), wood, wt, oid)
         for sx in (-0.25, 0.25) if w > 1.3 else (0.0,):
             mb.add_ellipsoid(
                 (0.28, 0.18, 0.07),
@@ -815,38 +691,19 @@ class IndoorBuilder:
             )
 
     def _cabinet(self) -> None:
-        r, mb = self.rng, self.mesh
+        r = self.rng
         w, d, h = r.uniform(0.5, 1.6), r.uniform(0.35, 0.55), r.uniform(0.45, 0.9)
-        spot = self._place(w, d, h)
-        if spot is None:
+        placed = self._place_furniture(w, d, h)
+        if placed is None:
             return
-        x, y, yaw = spot
-        R = rot_z(yaw)
-        c = np.array([x, y, 0.0])
-        oid = mb.new_object()
+        R, c, oid = placed
         mat, tint = self.pick(self.m_wood, self.m_misc or self.m_wood), self.tint(0.4)
-        mb.add_box((w, d, h), R, c + R @ np.array([0, 0, h / 2]), mat, tint, self.uvoff(), oid)
+        self._turned_box(R, c, (w, d, h), (0, 0, h / 2), mat, tint, oid)
         n_drawers = int(r.integers(1, 4))
         for k in range(n_drawers):
             z = h * (k + 0.5) / n_drawers
-            mb.add_box(
-                (w - 0.06, 0.01, h / n_drawers - 0.03),
-                R,
-                c + R @ np.array([0, d / 2 + 0.005, z]),
-                mat,
-                tint * 0.85,
-                self.uvoff(),
-                oid,
-            )
-            mb.add_box(
-                (0.12, 0.025, 0.02),
-                R,
-                c + R @ np.array([0, d / 2 + 0.02, z]),
-                self.m_metal,
-                self.tint(0.1),
-                self.uvoff(),
-                oid,
-            )
+            self._turned_box(R, c, (w - 0.06, 0.01, h / n_drawers - 0.03), (0, d / 2 + 0.005, z), mat, tint * 0.85, oid)
+            self._turned_box(R, c, (0.12, 0.025, 0.02), (0, d / 2 + 0.02, z), self.m_metal, self.tint(0.1), oid)
         self._table_top_items(
             R, c + np.array([0, 0, h]), w - 0.06, d - 0.06, self.cfg.furniture_clearance_m - h
         )
@@ -891,43 +748,27 @@ class IndoorBuilder:
             24,
         )
 
-    def _bin(self) -> None:
-        r = self.rng
-        rad, h = r.uniform(0.12, 0.2), r.uniform(0.3, 0.5)
-        spot = self._place(2.4 * rad, 2.4 * rad, h)
+    def _round_floor_item(
+        self, rad: float, top_rad: float, h: float, footprint: float, materials: tuple, segments: int
+    ) -> None:
+        """A frustum (bottom ``rad``, top ``top_rad``) standing in a free ``footprint`` x ``footprint`` spot."""
+        spot = self._place(footprint, footprint, h)
         if spot is None:
             return
         x, y, yaw = spot
         self.mesh.add_frustum(
-            rad,
-            rad * 1.2,
-            h,
-            rot_z(yaw),
-            (x, y, 0.0),
-            self.pick(self.m_metal, self.m_misc or []),
-            self.tint(0.6),
-            self.uvoff(),
-            20,
+            rad, top_rad, h, rot_z(yaw), (x, y, 0.0), self.pick(*materials), self.tint(0.6), self.uvoff(), segments
         )
+
+    def _bin(self) -> None:
+        r = self.rng
+        rad, h = r.uniform(0.12, 0.2), r.uniform(0.3, 0.5)
+        self._round_floor_item(rad, rad * 1.2, h, 2.4 * rad, (self.m_metal, self.m_misc or []), 20)
 
     def _pouf(self) -> None:
         r = self.rng
         rad, h = r.uniform(0.2, 0.35), r.uniform(0.3, 0.45)
-        spot = self._place(2 * rad, 2 * rad, h)
-        if spot is None:
-            return
-        x, y, yaw = spot
-        self.mesh.add_frustum(
-            rad,
-            rad * 0.95,
-            h,
-            rot_z(yaw),
-            (x, y, 0.0),
-            self.pick(self.m_fabric),
-            self.tint(0.6),
-            self.uvoff(),
-            24,
-        )
+        self._round_floor_item(rad, rad * 0.95, h, 2 * rad, (self.m_fabric,), 24)
 
     def _plant(self, tall: bool = False) -> None:
         r, mb = self.rng, self.mesh

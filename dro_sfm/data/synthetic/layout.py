@@ -40,6 +40,14 @@ class MaterialSet:
         name = generators[int(self.rng.integers(len(generators)))]
         return self.add(name, self.rng.uniform(*texel_range_m), saturation)
 
+    def fill_with_choices(
+        self, total: int, generators: list[str], texel_range_m: tuple[float, float], saturation: float = 1.0
+    ) -> list[int]:
+        """Material ids of :meth:`add_choice` textures added until the set holds ``total`` (none if it does)."""
+        return [
+            self.add_choice(generators, texel_range_m, saturation) for _ in range(max(0, total - len(self.textures)))
+        ]
+
     def bank(self) -> MaterialBank:
         return MaterialBank.from_textures(self.textures, self.texel_size_m, self.names)
 

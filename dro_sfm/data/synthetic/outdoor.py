@@ -72,10 +72,9 @@ class OutdoorBuilder:
         self.m_foliage = [m.add("foliage", r.uniform(0.006, 0.012)) for _ in range(2)]
         self.m_bark = m.add("bark", 0.004)
         self.m_poster = m.add("poster", 0.005)
-        self.m_misc = [
-            m.add_choice(["photo", "poster", "stucco", "wood", "fabric"], (0.004, 0.01))
-            for _ in range(max(0, self.cfg.n_materials - len(m.textures)))
-        ]
+        self.m_misc = m.fill_with_choices(
+            self.cfg.n_materials, ["photo", "poster", "stucco", "wood", "fabric"], (0.004, 0.01)
+        )
 
     def uvoff(self) -> tuple[float, float]:
         return tuple(self.rng.uniform(0.0, 50.0, 2))
