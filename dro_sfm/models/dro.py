@@ -96,6 +96,7 @@ class DroNet(nn.Module):
         self.cnet_pose = ResNetEncoder(c.hidden_dim + c.context_dim, 2, c.encoder)
         self.update_block_pose.encoder.fast = c.fast
         self.update_block_depth.depth_gru.fused = self.update_block_pose.pose_gru.fused = c.fast
+        self.update_block_depth.depth_gru.channels_last = self.update_block_pose.pose_gru.channels_last = c.fast
         # Individual optimisations of the fast path, switchable one by one to measure what each gives.
         self.fast_parts = dict.fromkeys(FAST_PARTS, True)
         self.trace: Callable[[str, torch.Tensor], None] | None = None
@@ -114,6 +115,8 @@ class DroNet(nn.Module):
         self.update_block_pose.encoder.fast = fast and "pose_conv_precompute" not in disable
         fused = fast and "fused_gru" not in disable
         self.update_block_depth.depth_gru.fused = self.update_block_pose.pose_gru.fused = fused
+        nhwc = fast and "channels_last" not in disable
+        self.update_block_depth.depth_gru.channels_last = self.update_block_pose.pose_gru.channels_last = nhwc
 
     def release_unused_encoder(self) -> None:
         """Free the never-run ``cnet`` encoder (official checkpoints carry it; inference does not need it)."""

@@ -23,6 +23,7 @@ class SepConvGRU(nn.Module):
         self.convq2 = nn.Conv2d(c, hidden, (5, 1), padding=(2, 0))
 
         self.fused = False
+        self.channels_last = False  # fused path only: run the convolutions on NHWC tensors (see DroNet._layout)
         self._fused_cache: tuple | None = None
 
     def _fused_weights(self) -> list[tuple]:
@@ -58,6 +59,10 @@ class SepConvGRU(nn.Module):
         """Same map without concatenations: convolution is linear, so each gate's conv over cat([h, x]) is the
         sum of a conv over h and one over x; z and r (and the x part of q) share one call each."""
         hd = h.shape[1]
+        if self.channels_last:
+            # The inputs arrive from concatenations with 1- or 6-channel maps, which fall back to NCHW.
+            h = h.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
         for W_h, b_h, W_x, b_x, W_qh, pad in self._fused_weights():
             xs = F.conv2d(x, W_x, b_x, padding=pad)
             hs = F.conv2d(h, W_h, b_h, padding=pad)
