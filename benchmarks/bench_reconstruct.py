@@ -1,21 +1,25 @@
 """Benchmark of `dro-sfm reconstruct`: speed, memory and accuracy, with pycolmap side by side.
 
-    python benchmarks/bench_reconstruct.py                       # speed (100 frames), RSS at 100, accuracy
-    python benchmarks/bench_reconstruct.py --long                # also RSS at 1000 frames (slow)
-    python benchmarks/bench_reconstruct.py --skip speed,rss      # accuracy only
+    python benchmarks/bench_reconstruct.py                       # every section (RSS at 100 frames only)
+    python benchmarks/bench_reconstruct.py --long                # RSS at 100 and 1000 frames (slow)
+    python benchmarks/bench_reconstruct.py --skip speed,inference,rss   # accuracy only
+    python benchmarks/bench_reconstruct.py --skip speed,inference,accuracy --rss-sizes 100,1000 \
+        --rss-predictor ground-truth --rss-path pingpong         # RSS of the pipeline + fusion alone
     python benchmarks/bench_reconstruct.py --json results.json   # also write every number as JSON
 
 Sections:
 
 * speed: a 100-frame 240x320 synthetic indoor sequence (an image folder on disk) reconstructed end to end
-  (decode, keyframes, windows, fusion, every export) vs the official ``infer_video.py`` way of calling the
-  model independently per window (``DroModel.predict`` on each target with its references: features
-  recomputed for every window, images resized every time; inference only, no fusion). Stage breakdown
-  from run.json.
-* rss: peak resident memory of a fresh process reconstructing 100 and (with ``--long``) 1000 frames of one
-  room, fusion and exports included; the ratio should be <= 1.3. Both follow the same 1000-frame hand-held
-  path (100 frames = every 10th), so both fuse the same part of the room: a longer walk that explores more
-  of it would grow the cloud and mesh with the scene, which no streaming can avoid.
+  (decode, keyframes, windows, fusion, every export), with the stage breakdown from run.json.
+* inference: on the same frames, inference only, window by window, interleaved: the pipeline's predictor
+  (each frame encoded once, features reused) vs the official ``infer_video.py`` way of calling the model
+  independently per window (``DroModel.predict``: every image of every window encoded again).
+* rss: peak resident memory of a fresh process per run reconstructing ``--rss-sizes`` frames of one room,
+  fusion and exports included, and the peak up to the last window (inference and per-frame writes, before
+  fusion). ``--rss-path subsample``: every k-th frame of one 1000-frame hand-held walk, so the runs fuse the
+  same part of the room (the longer run sees slightly more of it); ``pingpong``: back and forth along the
+  walk's first 100 poses, identical views, only more of them. ``--rss-predictor ground-truth`` replaces the
+  network by exact depth/poses (pipeline and fusion memory alone, and fast enough for 1000 frames).
 * accuracy: synthetic indoor and outdoor sequences with exact ground truth and the 7-Scenes snippet in
   ../shared/data/7scenes: ATE after Sim(3) alignment (evo) and depth AbsRel (raw and median-scaled), with
   every weights file available locally (the shipped default, or an untrained model when it is missing,
@@ -42,7 +46,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("DRO_SFM_SHARED", REPO.parent / "shared"))
-SECTIONS = ("speed", "rss", "accuracy")
+SECTIONS = ("speed", "inference", "rss", "accuracy")
 RSS_PATH_FRAMES = 1000
 
 
@@ -55,27 +59,28 @@ def _set_threads(n: int) -> None:
 # --- speed -------------------------------------------------------------------------------------------------
 
 
-def bench_speed(args: argparse.Namespace, work: Path) -> dict:
+def _speed_input(args: argparse.Namespace, work: Path) -> Path:
+    """The speed sequence as an image folder (written once per benchmark run)."""
     from dro_sfm.data.formats import write_frames
-    from dro_sfm.data.images import read_rgb
     from dro_sfm.data.synthetic import render_sequence
+
+    folder = work / "speed_input"
+    if not (folder / "intrinsics.txt").is_file():
+        write_frames("folder", render_sequence("indoor", args.frames, 240, 320, seed=args.seed), folder)
+    return folder
+
+
+def bench_speed(args: argparse.Namespace, work: Path) -> dict:
+    """`reconstruct` end to end on the speed folder, with the stage breakdown."""
     from dro_sfm.models.predict import load_model
-    from dro_sfm.recon.pipeline import DroPredictor, ReconstructOptions, reconstruct
-    from dro_sfm.recon.windows import window_indices
+    from dro_sfm.recon.pipeline import ReconstructOptions, reconstruct
 
-    n = args.frames
-    folder = write_frames("folder", render_sequence("indoor", n, 240, 320, seed=args.seed), work / "speed_input")
-    model = load_model(args.weights, "cpu")
-    images = [read_rgb(p) for p in sorted(folder.glob("*.png"))]
-    K = np.loadtxt(folder / "intrinsics.txt")
-    K = np.array([[K[0], 0, K[2]], [0, K[1], K[3]], [0, 0, 1.0]])
-    shape = (args.height, args.width) if args.height else tuple(model.info.image_shape)
-    model.predict(images[1], [images[0], images[2]], K, image_shape=shape)  # warm-up: first calls JIT kernels
-
+    folder = _speed_input(args, work)
+    load_model(args.weights, "cpu")  # the weights file is read from disk once before timing
     options = ReconstructOptions(weights=args.weights, height=args.height, width=args.width, min_motion=0.0,
                                  overwrite=True)
     result = reconstruct(folder, work / "speed_run", options, progress=False)
-    ours = {
+    return {
         "frames": result.n_keyframes,
         "seconds": result.timings["total"],
         "frames_per_second": result.frames_per_second,
@@ -84,24 +89,40 @@ def bench_speed(args: argparse.Namespace, work: Path) -> dict:
         "model": result.model_name,
         "processing_hw": list(result.processing_hw),
         "points": result.report.counts.get("points"),
+        "mesh_triangles": result.report.counts.get("mesh_triangles"),
         "voxel_m": result.report.fusion.get("voxel_size"),
     }
-    ab = _interleaved_inference(model, images, K, shape, n, DroPredictor, window_indices)
-    return {"ours": ours, **ab}
 
 
-def _interleaved_inference(model, images, K, shape, n, DroPredictor, window_indices) -> dict:
+def bench_inference(args: argparse.Namespace, work: Path) -> dict:
+    """Inference only on the speed folder: the pipeline's predictor vs per-window ``DroModel.predict``."""
+    from dro_sfm.data.images import read_rgb
+    from dro_sfm.models.predict import load_model
+
+    folder = _speed_input(args, work)
+    model = load_model(args.weights, "cpu")
+    images = [read_rgb(p) for p in sorted(folder.glob("*.png"))]
+    fx, fy, cx, cy = np.loadtxt(folder / "intrinsics.txt")
+    K = np.array([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+    shape = (args.height, args.width) if args.height else tuple(model.info.image_shape)
+    model.predict(images[1], [images[0], images[2]], K, image_shape=shape)  # warm-up: first calls are slower
+    return _interleaved_inference(model, images, K, shape)
+
+
+def _interleaved_inference(model, images: list[np.ndarray], K: np.ndarray, shape: tuple[int, int]) -> dict:
     """Inference only, window by window, alternating the two ways so that load changes on shared cores hit
     both alike: (a) the pipeline's (resize and encode each frame once, reuse its features), (b) the official
     per-window call (DroModel.predict: resize and encode every image of every window)."""
     from dro_sfm.recon.intrinsics import scale_intrinsics
-    from dro_sfm.recon.pipeline import _resize_rgb
-    from dro_sfm.recon.windows import FrameSlot
+    from dro_sfm.recon.pipeline import DroPredictor, _resize_rgb
+    from dro_sfm.recon.windows import FrameSlot, window_indices
 
+    n = len(images)
     predictor = DroPredictor(model)
     K_proc = scale_intrinsics(K, images[0].shape[:2], shape)
     slots: dict[int, FrameSlot] = {}
-    reuse = official = 0.0
+    reuse: list[float] = []
+    official: list[float] = []
     for t in range(n):
         ids = window_indices(t, 2, n - 1, final=True)
         refs = [i for i in ids if i != t]
@@ -124,17 +145,19 @@ def _interleaved_inference(model, images, K, shape, n, DroPredictor, window_indi
             return time.perf_counter() - t0
 
         if t % 2:
-            official += theirs()
-            reuse += ours()
+            official.append(theirs())
+            reuse.append(ours())
         else:
-            reuse += ours()
-            official += theirs()
+            reuse.append(ours())
+            official.append(theirs())
+    a, b = np.array(reuse), np.array(official)
     return {
-        "inference_interleaved": {
-            "frames": n, "reuse_seconds": reuse, "reuse_frames_per_second": n / reuse,
-            "official_seconds": official, "official_frames_per_second": n / official,
-            "speedup": official / reuse,
-        },
+        "frames": n, "reuse_seconds": float(a.sum()), "reuse_frames_per_second": n / float(a.sum()),
+        "official_seconds": float(b.sum()), "official_frames_per_second": n / float(b.sum()),
+        "speedup": float(b.sum() / a.sum()),
+        "reuse_median_window_s": float(np.median(a)), "official_median_window_s": float(np.median(b)),
+        # Per window the two calls ran back to back: the median of their ratio is robust to load spikes.
+        "median_paired_ratio_official_over_reuse": float(np.median(b / a)),
     }
 
 
@@ -149,45 +172,83 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _rss_probe(inner: object) -> object:
+    """``inner`` predictor that also records this process's peak RSS (MB) after every window: the last value
+    is the peak through the windows stage (inference and per-frame writes), before fusion and exports."""
+    from dro_sfm.recon.pipeline import WindowPredictor
+
+    class RssProbe(WindowPredictor):
+        def __init__(self) -> None:
+            self.name, self.trained, self.image_shape = inner.name, inner.trained, inner.image_shape
+            self.windows_peak_mb = 0.0
+
+        @property
+        def identity(self) -> str:
+            return inner.identity
+
+        def encode(self, slot):  # noqa: ANN001, ANN201 (same signature as the wrapped predictor)
+            return inner.encode(slot)
+
+        def __call__(self, target, refs):  # noqa: ANN001, ANN201
+            out = inner(target, refs)
+            self.windows_peak_mb = _peak_rss_mb()
+            return out
+
+    return RssProbe()
+
+
 def rss_child(n: int, args: argparse.Namespace) -> None:
     """Runs in a fresh process: reconstruct n frames of one room, print peak RSS (MB) as JSON."""
     import torch  # noqa: F401  (counted in the baseline: every run imports it)
 
     from dro_sfm.data.synthetic import render_sequence
-    from dro_sfm.recon.pipeline import GroundTruthPredictor, ReconstructOptions, reconstruct
+    from dro_sfm.recon.pipeline import GroundTruthPredictor, ReconstructOptions, load_predictor, reconstruct
 
     baseline = _peak_rss_mb()
     # Both runs follow the same 1000-frame hand-held path (the shorter one takes every k-th frame), so they
     # see the same part of the room: any difference in memory comes from the number of frames.
     path = render_sequence("indoor", RSS_PATH_FRAMES, 240, 320, seed=args.seed)
-    stride = RSS_PATH_FRAMES // n
-    seq = (path[i] for i in range(0, stride * n, stride))
-    predictor = GroundTruthPredictor() if args.rss_predictor == "ground-truth" else None
+    if args.rss_path == "subsample":
+        stride = RSS_PATH_FRAMES // n
+        order = list(range(0, stride * n, stride))
+    else:  # back and forth along the first 100 poses: exactly the same views, only more of them
+        k = 100
+        order = [i % (k - 1) if (i // (k - 1)) % 2 == 0 else (k - 1) - i % (k - 1) for i in range(n)]
+    seq = (path[i] for i in order)
+    options = ReconstructOptions(weights=args.weights, height=args.height, width=args.width, min_motion=0.0)
+    inner = GroundTruthPredictor() if args.rss_predictor == "ground-truth" else load_predictor(options)
+    predictor = _rss_probe(inner)
     with tempfile.TemporaryDirectory(prefix="dro_sfm_rss_") as tmp:
-        options = ReconstructOptions(weights=args.weights, height=args.height, width=args.width, min_motion=0.0)
         result = reconstruct(seq, Path(tmp) / "run", options, predictor=predictor, progress=False)
         peak = _peak_rss_mb()
-        print(json.dumps({"frames": n, "peak_rss_mb": peak, "rss_after_imports_mb": baseline,
+        print(json.dumps({"frames": n, "path": args.rss_path, "path_poses_used": len(set(order)),
+                          "peak_rss_mb": peak, "windows_stage_peak_rss_mb": predictor.windows_peak_mb,
+                          "rss_after_imports_mb": baseline,
                           "predictor": result.model_name, "voxel_m": result.report.fusion.get("voxel_size"),
                           "seconds": result.timings["total"], "points": result.report.counts.get("points"),
                           "peak_window_frames": result.peak_window_frames,
-                          "mesh_triangles": result.report.counts.get("mesh_triangles")}))
+                          "mesh_triangles": result.report.counts.get("mesh_triangles"),
+                          "stages": {k: round(v, 2) for k, v in result.timings.items()}}))
 
 
 def bench_rss(args: argparse.Namespace) -> dict:
-    sizes = [100, 1000] if args.long else [100]
-    out: dict = {}
+    sizes = [int(x) for x in args.rss_sizes.split(",")] if args.rss_sizes else ([100, 1000] if args.long else [100])
+    out: dict = {"predictor": args.rss_predictor, "path": args.rss_path}
     for n in sizes:
         cmd = [sys.executable, __file__, "--rss-child", str(n), "--threads", str(args.threads),
-               "--weights", args.weights, "--seed", str(args.seed), "--rss-predictor", args.rss_predictor]
+               "--weights", args.weights, "--seed", str(args.seed), "--rss-predictor", args.rss_predictor,
+               "--rss-path", args.rss_path]
         if args.height:
             cmd += ["--height", str(args.height), "--width", str(args.width)]
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"RSS run with {n} frames failed:\n{proc.stderr[-2000:]}")
         out[str(n)] = json.loads(proc.stdout.strip().splitlines()[-1])
-    if "1000" in out:
-        out["ratio_1000_over_100"] = out["1000"]["peak_rss_mb"] / out["100"]["peak_rss_mb"]
+    if len(sizes) > 1:
+        small, large = str(min(sizes)), str(max(sizes))
+        out["ratio"] = {"of": f"{large}/{small}", "peak": out[large]["peak_rss_mb"] / out[small]["peak_rss_mb"],
+                        "windows_stage": out[large]["windows_stage_peak_rss_mb"]
+                        / out[small]["windows_stage_peak_rss_mb"]}
     return out
 
 
@@ -204,7 +265,8 @@ def _sequences(args: argparse.Namespace) -> dict[str, list]:
     }
     sevenscenes = SHARED / "data" / "7scenes"
     if sevenscenes.is_dir():
-        seqs["7-Scenes (50 frames)"] = list(read_sequence(sevenscenes, "7scenes"))
+        frames = list(read_sequence(sevenscenes, "7scenes"))
+        seqs[f"7-Scenes ({len(frames)} frames)"] = frames
     else:
         print(f"skipping 7-Scenes: {sevenscenes} not found", file=sys.stderr)
     return seqs
@@ -220,16 +282,18 @@ def _available_weights(requested: str) -> list[str]:
     return names
 
 
-def _colmap(frames: list) -> dict:
-    from dro_sfm.eval.colmap_baseline import run_colmap
+def _colmap(frames: list, threads: int) -> dict:
+    from dro_sfm.eval.colmap_baseline import ColmapOptions, run_colmap
     from dro_sfm.eval.trajectory import absolute_trajectory_error, path_length
 
     names = [f"{i:06d}" for i in range(len(frames))]
     t0 = time.perf_counter()
-    res = run_colmap([f.image for f in frames], frames[0].K, names)
+    # Same thread count as torch's, so that the seconds compare like for like.
+    res = run_colmap([f.image for f in frames], frames[0].K, names, ColmapOptions(num_threads=threads))
     seconds = time.perf_counter() - t0
     reg = [i for i, n in enumerate(names) if res.pose(n) is not None]
-    out = {"seconds": seconds, "registered": len(reg), "frames": len(frames), "points3d": res.n_points3d}
+    out = {"seconds": seconds, "registered": len(reg), "frames": len(frames), "points3d": res.n_points3d,
+           "threads": threads}
     if len(reg) >= 3:
         gt = np.stack([frames[i].T_world_from_cam for i in reg])
         est = np.stack([res.pose(names[i]) for i in reg])
@@ -238,12 +302,24 @@ def _colmap(frames: list) -> dict:
     return out
 
 
+def zero_motion_reference(frames: list) -> dict:
+    """ATE of a camera that never moves: the best Sim(3) fit of identical positions has scale 0, so its ATE is
+    the RMS spread of the ground-truth positions about their mean (what a collapsed trajectory would score)."""
+    from dro_sfm.eval.trajectory import path_length
+
+    gt = np.stack([f.T_world_from_cam for f in frames])
+    positions = gt[:, :3, 3]
+    rmse = float(np.sqrt(np.mean(np.sum((positions - positions.mean(0)) ** 2, axis=1))))
+    return {"ate_rmse_m": rmse, "ate_percent_of_path": 100 * rmse / path_length(gt)}
+
+
 def bench_accuracy(args: argparse.Namespace, work: Path) -> dict:
     from dro_sfm.recon.pipeline import GroundTruthPredictor, ReconstructOptions, reconstruct
 
     results: dict = {}
     for label, frames in _sequences(args).items():
         row: dict = {"frames": len(frames), "input_hw": list(frames[0].image.shape[:2])}
+        row["zero motion (reference)"] = zero_motion_reference(frames)
         # The pipeline fed exact depth and relative poses: what windows, chaining and the pose graph lose.
         exact = reconstruct(frames, work / "acc_run", ReconstructOptions(min_motion=0.0, overwrite=True,
                                                                          fusion="none", height=240, width=320),
@@ -257,7 +333,7 @@ def bench_accuracy(args: argparse.Namespace, work: Path) -> dict:
             row[key] = {**{k: float(v) for k, v in run.metrics.items()}, "seconds": run.timings["total"],
                         "processing_hw": list(run.processing_hw)}
         if not args.no_colmap:
-            row["pycolmap"] = _colmap(frames)
+            row["pycolmap"] = _colmap(frames, args.threads)
         results[label] = row
     return results
 
@@ -275,32 +351,38 @@ def _fmt(v: object, digits: int = 3) -> str:
 
 def print_report(report: dict) -> None:
     if "speed" in report:
-        s = report["speed"]
-        o, b = s["ours"], s["inference_interleaved"]
+        o = report["speed"]
         print(f"\n## Speed: {o['frames']} frames 240x320, processed at {o['processing_hw'][1]}x"
               f"{o['processing_hw'][0]} ({o['model']}, {report['threads']} thread(s))")
         print("| run | seconds | frames/s |\n|---|---|---|")
         print(f"| dro-sfm reconstruct, end to end | {o['seconds']:.1f} | {o['frames_per_second']:.3f} |")
-        print(f"| dro-sfm inference only (encode + solve) | {o['inference_seconds']:.1f} | "
+        print(f"| dro-sfm inference only (encode + solve stages) | {o['inference_seconds']:.1f} | "
               f"{o['frames'] / o['inference_seconds']:.3f} |")
-        print(f"| inference, interleaved A/B: features reused (pipeline) | {b['reuse_seconds']:.1f} | "
-              f"{b['reuse_frames_per_second']:.3f} |")
-        print(f"| inference, interleaved A/B: per-window predict (official way) | {b['official_seconds']:.1f} | "
-              f"{b['official_frames_per_second']:.3f} |")
-        print(f"speed-up of feature reuse: {b['speedup']:.2f}x; fused {o['points']} points at voxel {o['voxel_m']} m")
+        print(f"fused {o['points']} points, {o['mesh_triangles']} mesh triangles at voxel {o['voxel_m']} m")
         print("\nstage breakdown (s): " + ", ".join(f"{k} {v:.2f}" for k, v in o["stages"].items()))
+    if "inference" in report:
+        b = report["inference"]
+        print(f"\n## Inference only, interleaved A/B per window ({b['frames']} windows)")
+        print("| way | seconds | frames/s | median s/window |\n|---|---|---|---|")
+        print(f"| features reused (pipeline's DroPredictor) | {b['reuse_seconds']:.1f} | "
+              f"{b['reuse_frames_per_second']:.3f} | {b['reuse_median_window_s']:.3f} |")
+        print(f"| per-window DroModel.predict (official infer_video way) | {b['official_seconds']:.1f} | "
+              f"{b['official_frames_per_second']:.3f} | {b['official_median_window_s']:.3f} |")
+        print(f"speed-up of feature reuse: {b['speedup']:.3f}x (sums), "
+              f"{b['median_paired_ratio_official_over_reuse']:.3f}x (median of paired per-window ratios)")
     if "rss" in report:
         r = report["rss"]
-        print("\n## Peak RSS (fresh process, fusion and exports included)")
-        print("| frames | predictor | peak RSS (MB) | after imports (MB) | seconds | cloud points | voxel (m) |")
-        print("|---|---|---|---|---|---|---|")
-        for n in ("100", "1000"):
-            if n in r:
-                x = r[n]
-                print(f"| {n} | {x['predictor']} | {x['peak_rss_mb']:.0f} | {x['rss_after_imports_mb']:.0f} | "
-                      f"{x['seconds']:.0f} | {x['points']} | {x['voxel_m']} |")
-        if "ratio_1000_over_100" in r:
-            print(f"RSS(1000)/RSS(100) = {r['ratio_1000_over_100']:.3f} (target <= 1.3)")
+        print(f"\n## Peak RSS (fresh process per run; predictor {r['predictor']}, path {r['path']})")
+        print("| frames | predictor | peak RSS, whole run (MB) | peak RSS, end of windows stage (MB) | "
+              "after imports (MB) | seconds | cloud points | voxel (m) |")
+        print("|---|---|---|---|---|---|---|---|")
+        for n, x in r.items():
+            if isinstance(x, dict) and "peak_rss_mb" in x:
+                print(f"| {n} | {x['predictor']} | {x['peak_rss_mb']:.0f} | {x['windows_stage_peak_rss_mb']:.0f} | "
+                      f"{x['rss_after_imports_mb']:.0f} | {x['seconds']:.0f} | {x['points']} | {x['voxel_m']} |")
+        if "ratio" in r:
+            q = r["ratio"]
+            print(f"RSS ratio {q['of']}: whole run {q['peak']:.3f}, windows stage {q['windows_stage']:.3f}")
     if "accuracy" in report:
         print("\n## Accuracy (ATE after Sim(3), evo; depth AbsRel over valid ground-truth pixels)")
         print("| sequence | method | ATE (m) | ATE % path | AbsRel | AbsRel med-scaled | registered | s |")
@@ -309,7 +391,10 @@ def print_report(report: dict) -> None:
             for method, m in row.items():
                 if not isinstance(m, dict):
                     continue
-                reg = f"{m['registered']}/{m['frames']}" if "registered" in m else f"{row['frames']}/{row['frames']}"
+                if "registered" in m:
+                    reg = f"{m['registered']}/{m['frames']}"
+                else:  # the pipeline places every frame; the zero-motion reference is no run
+                    reg = f"{row['frames']}/{row['frames']}" if "seconds" in m else "-"
                 print(f"| {label} | {method} | {_fmt(m.get('ate_rmse_m'), 4)} | "
                       f"{_fmt(m.get('ate_percent_of_path'), 1)} | {_fmt(m.get('depth_abs_rel'))} | "
                       f"{_fmt(m.get('depth_abs_rel_median_scaled'))} | {reg} | {_fmt(m.get('seconds'), 1)} |")
@@ -332,6 +417,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="per-window predictor of the RSS runs: the network, or exact depth/poses (isolates "
                              "the pipeline's and fusion's memory; an untrained network's inconsistent depth never "
                              "fills a bounded volume)")
+    parser.add_argument("--rss-path", choices=("subsample", "pingpong"), default="subsample",
+                        help="RSS runs: every k-th frame of one 1000-frame walk (same part of the room, the "
+                             "longer run sees slightly more of it), or back and forth along its first 100 poses "
+                             "(identical views: growth can only come from the frame count)")
+    parser.add_argument("--rss-sizes", default="", help="comma-separated frame counts of the RSS runs "
+                        "(default: 100, and 1000 with --long)")
     parser.add_argument("--rss-child", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not args.height:
@@ -349,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         if "speed" not in skip:
             report["speed"] = bench_speed(args, work)
+        if "inference" not in skip:
+            report["inference"] = bench_inference(args, work)
         if "rss" not in skip:
             report["rss"] = bench_rss(args)
         if "accuracy" not in skip:
