@@ -23,6 +23,7 @@ FEATURE_STRIDE = 8
 # The optimisations of the fast path (none changes results beyond float rounding; see tests/test_parity.py).
 FAST_PARTS = (
     "mask_last_only", "cached_geometry", "batched_pose_refs", "pose_conv_precompute", "fused_gru", "channels_last",
+    "context_precompute",
 )
 
 
@@ -146,6 +147,12 @@ class DroNet(nn.Module):
             return images.contiguous(memory_format=torch.channels_last)
         return images
 
+    def _context_responses(self, gru, context: torch.Tensor) -> list[torch.Tensor] | None:
+        """The GRU's response to the solve-constant context, when the fused no-grad path will use it."""
+        if self._opt("context_precompute") and gru.fused and not torch.is_grad_enabled():
+            return gru.context_responses(context)
+        return None
+
     def encode(self, images: torch.Tensor) -> Features:
         """Per-image features of images [B,3,H,W]: fnet map and the depth context (eval-mode reuse)."""
         images = self._layout(images)
@@ -245,6 +252,8 @@ class DroNet(nn.Module):
                 h_d = init.h_depth
             if init is not None and init.h_pose is not None:
                 h_p = init.h_pose.flatten(0, 1)
+            ctx_d = self._context_responses(self.update_block_depth.depth_gru, c_d)
+            ctx_p = self._context_responses(self.update_block_pose.pose_gru, c_p)
 
         for stage in range(stages):
             d = d.detach()
@@ -262,14 +271,14 @@ class DroNet(nn.Module):
                     self._emit(f"depth_encoder_call{stage * n_steps + k}_state", d)
                     self._emit(f"depth_encoder_call{stage * n_steps + k}_cost", c)
                 step_costs.append(c.detach().mean())
-                h_d, d = self.update_block_depth.step(h_d, c_d, d, c)
+                h_d, d = self.update_block_depth.step(h_d, c_d, d, c, ctx_d)
                 last = k == n_steps - 1
                 returned = record_every_step or (last and (return_all or stage == stages - 1))
                 if returned or not fast:
                     mask = self.update_block_depth.upsample_mask(h_d)
                     if record_every_step or last:
                         inv_preds.append(self.normalize(convex_upsample(d, mask)))
-            p, h_p, pose_seq = self._pose_stage(cost, depth_stage_start, p, h_p, c_p, n_steps, stage)
+            p, h_p, pose_seq = self._pose_stage(cost, depth_stage_start, p, h_p, c_p, n_steps, stage, ctx_p)
             if record_every_step:
                 pose_preds.extend(pose_seq)
             else:
@@ -301,8 +310,12 @@ class DroNet(nn.Module):
         c_p: torch.Tensor,
         n_steps: int,
         stage: int,
+        ctx_p: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        """One stage of pose updates for all references; returns (poses [B,N,6], states, per-step poses)."""
+        """One stage of pose updates for all references; returns (poses [B,N,6], states, per-step poses).
+
+        ``ctx_p``: the pose GRU's precomputed context responses for the B·N batch (batched path only).
+        """
         B, N = p.shape[:2]
         X0 = cost.points(depth_stage_start)
         seq: list[torch.Tensor] = []
@@ -312,7 +325,7 @@ class DroNet(nn.Module):
             for _ in range(n_steps):
                 costs = [cost.single(i, pose_flat.view(B, N, 6)[:, i], X0) for i in range(N)]
                 c = torch.stack(costs, dim=1).flatten(0, 1)
-                h_p, pose_flat = self.update_block_pose.step(h_p, c_p, pose_flat, c)
+                h_p, pose_flat = self.update_block_pose.step(h_p, c_p, pose_flat, c, ctx_p)
                 seq.append(pose_flat.view(B, N, 6))
             return seq[-1], h_p, seq
         h_list = list(h_p.view(B, N, *h_p.shape[1:]).unbind(1))

@@ -40,7 +40,7 @@ class SepConvGRU(nn.Module):
             W_x = torch.cat([cz.weight[:, hd:], cr.weight[:, hd:], cq.weight[:, hd:]]).detach()
             b_x = torch.cat([torch.zeros_like(cz.bias), torch.zeros_like(cr.bias), cq.bias]).detach()
             passes.append((W_h, b_h, W_x, b_x, cq.weight[:, :hd].detach(), cz.padding))
-        self._fused_cache = (key, passes)
+        self._fused_cache = (key, passes, {})
         return passes
 
     def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -58,13 +58,47 @@ class SepConvGRU(nn.Module):
     def _forward_fused(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """Same map without concatenations: convolution is linear, so each gate's conv over cat([h, x]) is the
         sum of a conv over h and one over x; z and r (and the x part of q) share one call each."""
-        hd = h.shape[1]
         if self.channels_last:
             # The inputs arrive from concatenations with 1- or 6-channel maps, which fall back to NCHW.
-            h = h.contiguous(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
-        for W_h, b_h, W_x, b_x, W_qh, pad in self._fused_weights():
-            xs = F.conv2d(x, W_x, b_x, padding=pad)
+        x_parts = [F.conv2d(x, W_x, b_x, padding=pad) for _, _, W_x, b_x, _, pad in self._fused_weights()]
+        return self._fused_passes(h, x_parts)
+
+    def context_responses(self, context: torch.Tensor) -> list[torch.Tensor]:
+        """Per pass, the gates' response [B,3hd,h,w] to the context channels (first in x), biases included.
+
+        The context is fixed for a whole solve, so this part of every step's input convolution is computed
+        once; ``forward_with_context`` then convolves only the step's own features.
+        """
+        if self.channels_last:
+            context = context.contiguous(memory_format=torch.channels_last)
+        cd = context.shape[1]
+        return [F.conv2d(context, W_x[:, :cd], b_x, padding=pad) for _, _, W_x, b_x, _, pad in self._fused_weights()]
+
+    def forward_with_context(self, h: torch.Tensor, feat: torch.Tensor, responses: list[torch.Tensor]) -> torch.Tensor:
+        """Fused step with x = cat([context, feat]) given the context's ``context_responses``: -> [B,hd,h,w]."""
+        if self.channels_last:
+            feat = feat.contiguous(memory_format=torch.channels_last)
+        cd = self.convz1.in_channels - self.convz1.out_channels - feat.shape[1]
+        x_parts = [r + F.conv2d(feat, self._feature_weight(i, cd), None, padding=p[5])
+                   for i, (r, p) in enumerate(zip(responses, self._fused_weights()))]
+        return self._fused_passes(h, x_parts)
+
+    def _feature_weight(self, pass_index: int, cd: int) -> torch.Tensor:
+        """Contiguous copy of the x-weights of pass ``pass_index`` without the first ``cd`` (context) inputs."""
+        passes = self._fused_weights()
+        cache = self._fused_cache
+        key = ("feat", pass_index, cd)
+        if key not in cache[2]:
+            cache[2][key] = passes[pass_index][2][:, cd:].contiguous()
+        return cache[2][key]
+
+    def _fused_passes(self, h: torch.Tensor, x_parts: list[torch.Tensor]) -> torch.Tensor:
+        """The two gated passes given each pass's input response ``x_parts[i]`` [B,3hd,h,w]."""
+        hd = h.shape[1]
+        if self.channels_last:
+            h = h.contiguous(memory_format=torch.channels_last)
+        for (W_h, b_h, _, _, W_qh, pad), xs in zip(self._fused_weights(), x_parts):
             hs = F.conv2d(h, W_h, b_h, padding=pad)
             z = torch.sigmoid(hs[:, :hd] + xs[:, :hd])
             r = torch.sigmoid(hs[:, hd:] + xs[:, hd:2 * hd])
@@ -168,11 +202,18 @@ class DepthUpdateBlock(nn.Module):
         )
 
     def step(
-        self, h: torch.Tensor, context: torch.Tensor, inv_depth: torch.Tensor, cost: torch.Tensor
+        self, h: torch.Tensor, context: torch.Tensor, inv_depth: torch.Tensor, cost: torch.Tensor,
+        context_responses: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(state [B,hd,h,w], context, raw inv depth [B,1,h,w], cost) -> (new state, new raw inv depth)."""
+        """(state [B,hd,h,w], context, raw inv depth [B,1,h,w], cost) -> (new state, new raw inv depth).
+
+        ``context_responses``: the GRU's precomputed ``context_responses(context)`` (fast path, no autograd).
+        """
         feat = self.encoder(inv_depth, cost)
-        h = self.depth_gru(h, torch.cat([context, feat], dim=1))
+        if context_responses is not None:
+            h = self.depth_gru.forward_with_context(h, feat, context_responses)
+        else:
+            h = self.depth_gru(h, torch.cat([context, feat], dim=1))
         return h, inv_depth + self.depth_head(h)
 
     def upsample_mask(self, h: torch.Tensor) -> torch.Tensor:
@@ -190,9 +231,13 @@ class PoseUpdateBlock(nn.Module):
         self.pose_head = PoseHead(hidden, hidden)
 
     def step(
-        self, h: torch.Tensor, context: torch.Tensor, pose: torch.Tensor, cost: torch.Tensor
+        self, h: torch.Tensor, context: torch.Tensor, pose: torch.Tensor, cost: torch.Tensor,
+        context_responses: list[torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(state [B,hd,h,w], context, pose [B,6], cost) -> (new state, new pose [B,6])."""
+        """(state [B,hd,h,w], context, pose [B,6], cost) -> (new state, new pose [B,6]); see DepthUpdateBlock."""
         feat = self.encoder(pose, cost)
-        h = self.pose_gru(h, torch.cat([context, feat], dim=1))
+        if context_responses is not None:
+            h = self.pose_gru.forward_with_context(h, feat, context_responses)
+        else:
+            h = self.pose_gru(h, torch.cat([context, feat], dim=1))
         return h, pose + self.pose_head(h)
