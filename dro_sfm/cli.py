@@ -95,6 +95,16 @@ def predict_command(target: str, refs: tuple[str, ...], out_dir: str, weights: s
               help="Optimiser stages per window [default: the model's].")
 @click.option("--steps-per-stage", type=click.IntRange(min=1), default=None,
               help="GRU steps per stage [default: the model's].")
+@click.option("--solver", type=click.Choice(["unrolled", "deq"]), default="unrolled", show_default=True,
+              help="unrolled: the model's fixed iteration schedule; deq: solve for the fixed point of the update "
+                   "(same weights), stopping once converged, each window warm-started from the previous one.")
+@click.option("--deq-tol", type=click.FloatRange(min=0.0), default=None,
+              help="DEQ stopping tolerance on the state's RMS change per step [default: the model's deq.tol].")
+@click.option("--deq-max-steps", type=click.IntRange(min=1), default=None,
+              help="DEQ step budget per window [default: the model's deq.max_steps, or stages x steps-per-stage "
+                   "when those are given].")
+@click.option("--no-warm-start", is_flag=True,
+              help="DEQ: start every window cold from the initial heads (for comparison).")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch [default: torch's choice]; 1 is often fastest on busy shared cores.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -102,7 +112,8 @@ def reconstruct_command(input_path: str | None, out_dir: str, sample: bool, weig
                         height: int | None, width: int | None, step: int, min_motion: float, refs: str,
                         fusion: str, conf_threshold: float, device: str, resume: bool, overwrite: bool,
                         skip_bad: bool, max_frames: int | None, layout: str | None, no_pose_graph: bool,
-                        stages: int | None, steps_per_stage: int | None, threads: int | None, quiet: bool) -> None:
+                        stages: int | None, steps_per_stage: int | None, solver: str, deq_tol: float | None,
+                        deq_max_steps: int | None, no_warm_start: bool, threads: int | None, quiet: bool) -> None:
     """Depth, camera poses, point cloud, mesh and COLMAP/nerfstudio exports from INPUT: an image folder, a
     video file, or a dataset folder (KITTI raw drive, ScanNet scene, TUM or 7-Scenes sequence)."""
     from pathlib import Path
@@ -118,7 +129,8 @@ def reconstruct_command(input_path: str | None, out_dir: str, sample: bool, weig
         weights=weights, intrinsics=intrinsics, height=height, width=width, step=step, min_motion=min_motion,
         refs=int(refs), fusion=fusion, conf_threshold=conf_threshold, device=device, resume=resume,
         overwrite=overwrite, skip_bad=skip_bad, max_frames=max_frames, layout=layout,
-        pose_graph=not no_pose_graph, stages=stages, steps_per_stage=steps_per_stage,
+        pose_graph=not no_pose_graph, stages=stages, steps_per_stage=steps_per_stage, solver=solver,
+        deq_tol=deq_tol, deq_max_steps=deq_max_steps, warm_start=not no_warm_start,
     )
     if threads is not None:
         import torch
@@ -144,6 +156,11 @@ def reconstruct_command(input_path: str | None, out_dir: str, sample: bool, weig
         click.echo(f"vs ground truth: ATE {m['ate_rmse_m']:.4f} m after Sim(3) ({m['ate_percent_of_path']:.1f} % of "
                    f"the {m['path_length_m']:.2f} m path), depth AbsRel {m['depth_abs_rel']:.3f} "
                    f"(median-scaled {m['depth_abs_rel_median_scaled']:.3f})")
+    s = result.solver
+    if s.get("mode") == "deq":
+        click.echo(f"DEQ solver: {s['steps_mean']:.1f} steps per frame on average (max {s['steps_max']} of "
+                   f"{s['budget']}, tol {s['tol']:g}); {s['warm_started']} of {s['frames']} frames warm-started; "
+                   f"{s['non_converged']} did not converge")
     root = result.out_dir
     click.echo(f"outputs in {root}:")
     for label, path in result.report.paths.items():

@@ -17,8 +17,14 @@ from dro_sfm.geometry.camera import scale_intrinsics_feature
 from dro_sfm.geometry.pose import euler_vec_to_matrix, invert_rigid
 from dro_sfm.losses.supervised import supervised_loss
 from dro_sfm.models.config import DeqConfig, DroConfig, EncoderWidths, small_config
-from dro_sfm.models.deq import hidden_state_excess, reproject_state, window_warm_start
-from dro_sfm.models.dro import DroNet, DroState
+from dro_sfm.models.deq import (
+    SequenceWarmStart,
+    deq_forward,
+    hidden_state_excess,
+    reproject_state,
+    window_warm_start,
+)
+from dro_sfm.models.dro import DroNet, DroOutput, DroState
 
 H, W = 32, 48
 
@@ -223,6 +229,21 @@ def test_non_converging_solve_is_reported(caplog: pytest.LogCaptureFixture) -> N
     with caplog.at_level(logging.WARNING, logger="dro_sfm.models.deq"), torch.no_grad():
         assert net.forward_full(target, refs, K).extras["deq"].converged
     assert not caplog.records
+
+
+def test_per_call_settings_leave_the_network_alone(caplog: pytest.LogCaptureFixture) -> None:
+    """``deq_config`` replaces the network's DEQ settings for one call; ``warn=False`` keeps failures quiet."""
+    net = use_deq(contractive_net(torch.float32).eval(), forward_solver="anderson", tol=1e-4, max_steps=40)
+    config = net.config
+    target, refs, K = inputs()
+    with caplog.at_level(logging.WARNING, logger="dro_sfm.models.deq"), torch.no_grad():
+        out = deq_forward(net, target, refs, K, deq_config=DeqConfig(forward_solver="fixed_point_iter",
+                                                                      max_steps=3, tol=1e-12), warn=False)
+    s = out.extras["deq"]
+    assert (s.solver, s.max_steps, s.steps, s.tol, s.converged) == ("fixed_point_iter", 3, 3, 1e-12, False)
+    assert not caplog.records and net.config is config
+    with torch.no_grad():
+        assert net.forward_full(target, refs, K).extras["deq"].converged  # the network's own settings
 
 
 # ------------------------------------------------------------------------------------------- gradients
@@ -465,3 +486,48 @@ def test_stage_arguments_set_the_budget() -> None:
         initial = net.forward_full(target, refs, K, stages=0)
     assert short.steps == 2 and short.solver == "fixed_point_iter" and not short.converged
     assert initial.extras["deq"] is None and len(initial.inv_depths) == 1
+
+
+def _solved(state: DroState, T_ref_from_tgt: torch.Tensor, converged: bool = True) -> DroOutput:
+    """A DroOutput as an eval solve returns it, with final poses [1,N,6] from T_ref_from_tgt [1,N,4,4]."""
+    from types import SimpleNamespace
+
+    from dro_sfm.geometry.pose import matrix_to_euler_vec
+
+    poses = matrix_to_euler_vec(T_ref_from_tgt)
+    return DroOutput([torch.ones(1, 1, 8, 8)], [poses], DroState(state.inv_depth, poses, state.h_depth,
+                                                                   state.h_pose), torch.zeros(0),
+                     extras={"deq": SimpleNamespace(converged=converged)})
+
+
+def test_sequence_warm_start_hands_each_window_its_predecessor() -> None:
+    cfg = DroConfig()
+    K = torch.tensor([[[160.0, 0, 159.5], [0, 160.0, 119.5], [0, 0, 1]]], dtype=torch.float64)
+    prev = _state_for_depth(torch.full((1, 1, 30, 40), 2.0, dtype=torch.float64), cfg)
+    T = euler_vec_to_matrix(torch.tensor([[[-0.1, 0, 0.02, 0, 0.01, 0], [0.1, 0, -0.02, 0, -0.01, 0.003]]],
+                                         dtype=torch.float64))
+    warm = SequenceWarmStart(cfg)
+    assert warm.initial_state(5, [4, 6], K) == (None, "cold: first window")
+    solved = _solved(prev, T)
+    warm.remember(5, [4, 6], solved)
+    init, start = warm.initial_state(6, [5, 7], K)
+    expected = window_warm_start(solved.state, 5, [4, 6], T, 6, [5, 7], K, cfg)
+    assert start == "warm"
+    torch.testing.assert_close(init.inv_depth, expected.inv_depth)
+    torch.testing.assert_close(init.poses, expected.poses)
+    assert warm.initial_state(9, [8, 10], K) == (None, "cold: no motion estimate from the previous window")
+    # a spurious root (|h| > 1) or a non-finite state is not passed on
+    bad = DroState(prev.inv_depth, prev.poses, prev.h_depth * 3.0, prev.h_pose)
+    warm.remember(5, [4, 6], _solved(bad, T))
+    assert warm.initial_state(6, [5, 7], K) == (None, "cold: previous solution unusable (non-finite or |h| > 1)")
+    warm.remember(5, [4, 6], _solved(DroState(prev.inv_depth * math.nan, prev.poses, prev.h_depth, prev.h_pose), T))
+    assert warm.initial_state(6, [5, 7], K)[0] is None
+    warm.remember(5, [4, 6], _solved(prev, T))
+    warm.reset()
+    assert warm.initial_state(6, [5, 7], K) == (None, "cold: first window")
+    # a solve that stopped short of its tolerance is not handed on, unless asked for
+    warm.remember(5, [4, 6], _solved(prev, T, converged=False))
+    assert warm.initial_state(6, [5, 7], K) == (None, "cold: previous window did not converge")
+    lenient = SequenceWarmStart(cfg, require_converged=False)
+    lenient.remember(5, [4, 6], _solved(prev, T, converged=False))
+    assert lenient.initial_state(6, [5, 7], K)[1] == "warm"

@@ -196,10 +196,12 @@ def make_deq(d: DeqConfig, training: bool, forward_solver: str | None = None):
     return deq.train(training)
 
 
-def solve_budget(config: DroConfig, stages: int | None, steps_per_stage: int | None) -> int:
-    """Forward-solver evaluations of f allowed: ``deq.max_steps``, or stages × steps_per_stage when given."""
+def solve_budget(config: DroConfig, stages: int | None, steps_per_stage: int | None,
+                 deq: DeqConfig | None = None) -> int:
+    """Forward-solver evaluations of f allowed: ``max_steps`` of ``deq`` (default ``config.deq``), or
+    stages × steps_per_stage when either is given."""
     if stages is None and steps_per_stage is None:
-        return config.deq.max_steps
+        return (deq or config.deq).max_steps
     s = config.stages if stages is None else stages
     n = config.steps_per_stage if steps_per_stage is None else steps_per_stage
     return s * n
@@ -215,15 +217,20 @@ def deq_forward(
     init: DroState | None = None,
     features: tuple[Features, list[Features]] | None = None,
     return_cost_map: bool = False,
+    deq_config: DeqConfig | None = None,
+    warn: bool = True,
 ) -> DroOutput:
     """``DroNet.forward_full`` with ``solver == "deq"``: target [B,3,H,W], refs N×[B,3,H,W], K [B,3,3].
 
     Eval returns the fixed point only; train returns the initial prediction followed by the ``n_states``
-    supervised solver states (with gradients), in the list form the losses expect.
+    supervised solver states (with gradients), in the list form the losses expect. ``deq_config`` replaces
+    ``net.config.deq`` for this call (the network is not changed); ``warn=False`` logs a failed solve at
+    debug level only, for callers that count failures themselves (``reconstruct``).
     """
-    cfg, dcfg = net.config, net.config.deq
+    cfg = net.config
+    dcfg = deq_config or cfg.deq
     net.check_inputs(target, refs, K)
-    budget = solve_budget(cfg, stages, steps_per_stage)
+    budget = solve_budget(cfg, stages, steps_per_stage, dcfg)
     B, N = target.shape[0], len(refs)
 
     if features is None:
@@ -296,7 +303,7 @@ def deq_forward(
     if net.training:
         stats.supervised_steps = list(deq._compute_f_iter(solver_steps))[: len(states)]
     stats_box["stats"] = stats
-    _report(stats, net.training)
+    _report(stats, net.training, warn)
     extras["deq"] = stats
     out = DroOutput(inv_preds, pose_preds, DroState(d, p, h_d, h_p), torch.stack(func.costs), extras=extras)
     if return_cost_map:
@@ -347,8 +354,8 @@ def _record_backward(box: dict, info: dict) -> None:
     logger.debug("DEQ implicit backward: %s", stats.backward)
 
 
-def _report(stats: DeqStats, training: bool) -> None:
-    if stats.converged:
+def _report(stats: DeqStats, training: bool, warn: bool = True) -> None:
+    if stats.converged or not warn:
         logger.debug(stats.summary())
         return
     if training:
@@ -465,3 +472,63 @@ def window_warm_start(
             continue
         poses[:, slot] = matrix_to_euler_vec(T_ref_from_prev @ T_prev_from_new)
     return DroState(state.inv_depth, poses, state.h_depth, state.h_pose)
+
+
+# ------------------------------------------------------------------------------------------- sequences
+@dataclass
+class SolvedWindow:
+    """A solved window kept for the next one: frame indices, final state and T_ref_from_tgt [1,N,4,4]."""
+
+    target: int
+    refs: list[int]
+    state: DroState
+    T_ref_from_tgt: torch.Tensor
+
+
+class SequenceWarmStart:
+    """Warm starts along a sequence: each window starts from the previous window's solution mapped to its
+    target by ``window_warm_start`` (docs/deq.md §5); ``reset()`` at the start of every sequence.
+
+    With ``require_converged`` (default) only a converged solve is handed on: a state that is not a fixed
+    point carries the solver's leftover error into the next window, and along a video those errors add up
+    (measured: benchmarks/results/deq_video.md), whereas a cold start forgets them.
+    """
+
+    def __init__(self, config: DroConfig, require_converged: bool = True) -> None:
+        self.config = config
+        self.require_converged = require_converged
+        self.previous: SolvedWindow | None = None
+        self._cold_reason = "cold: first window"
+
+    def reset(self) -> None:
+        self.previous = None
+        self._cold_reason = "cold: first window"
+
+    def initial_state(self, target: int, refs: Sequence[int], K: torch.Tensor) -> tuple[DroState | None, str]:
+        """(warm start or None, why): ``"warm"``, or ``"cold: <reason>"``; K [1,3,3] in input pixels."""
+        prev = self.previous
+        if prev is None:
+            return None, self._cold_reason
+        init = window_warm_start(prev.state, prev.target, prev.refs, prev.T_ref_from_tgt, target, list(refs), K,
+                                 self.config)
+        if init is None:
+            return None, "cold: no motion estimate from the previous window"
+        return init, "warm"
+
+    def remember(self, target: int, refs: Sequence[int], out: DroOutput) -> None:
+        """Keep ``out`` (an eval solve of this window) for the next window, unless it is unusable as a start."""
+        stats: DeqStats | None = out.extras.get("deq")
+        if self.require_converged and (stats is None or not stats.converged):
+            self.previous = None
+            self._cold_reason = "cold: previous window did not converge"
+            return
+        state = out.state.detach()
+        tensors = [t for t in (state.inv_depth, state.poses, state.h_depth, state.h_pose) if t is not None]
+        in_box = state.h_depth is None or state.h_pose is None or (
+            hidden_state_excess(state.h_depth, state.h_pose) <= HIDDEN_BOUND_SLACK)
+        if not all(bool(torch.isfinite(t).all()) for t in tensors) or not in_box:
+            # A non-finite state or a spurious root outside |h| < 1 would only mislead the next solve.
+            self.previous = None
+            self._cold_reason = "cold: previous solution unusable (non-finite or |h| > 1)"
+            return
+        self.previous = SolvedWindow(target, list(refs), state, euler_vec_to_matrix(out.poses[-1].detach()))

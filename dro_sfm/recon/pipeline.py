@@ -26,7 +26,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,7 @@ SAMPLE_DIR = Path(__file__).resolve().parents[1] / "assets" / "sample_indoor"
 WINDOWS_DIR = "windows"
 CONFIG_RECORD = "config.json"
 FUSION_KINDS = ("tsdf", "points", "none")
+SOLVERS = ("unrolled", "deq")
 
 # Layout readers' keyword arguments (dro_sfm.data.formats): which of the pipeline's options they take.
 _READER_STEP = ("folder", "video", "scannet", "tum", "7scenes")
@@ -95,6 +96,10 @@ class ReconstructOptions:
     pose_graph: bool = True
     stages: int | None = None  # optimiser iterations (default: the model's)
     steps_per_stage: int | None = None
+    solver: str = "unrolled"  # unrolled: the model's fixed schedule; deq: fixed-point solve (docs/deq.md)
+    deq_tol: float | None = None  # deq only: stopping tolerance (default: the model's deq.tol)
+    deq_max_steps: int | None = None  # deq only: step budget per window (default: the model's deq.max_steps)
+    warm_start: bool = True  # deq only: start each window from the previous window's solution
 
     def validate(self) -> None:
         if self.step < 1:
@@ -116,7 +121,25 @@ class ReconstructOptions:
             raise ConfigError(f"--min-motion must be >= 0 pixels, got {self.min_motion}")
         if self.resume and self.overwrite:
             raise ConfigError("--resume continues a run and --overwrite replaces it; give only one")
+        self._validate_solver()
         FusionOptions(conf_threshold=self.conf_threshold).validate()
+
+    def _validate_solver(self) -> None:
+        if self.solver not in SOLVERS:
+            raise ConfigError(f"--solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
+        deq_only = [flag for flag, given in (("--deq-tol", self.deq_tol is not None),
+                                             ("--deq-max-steps", self.deq_max_steps is not None),
+                                             ("--no-warm-start", not self.warm_start)) if given]
+        if deq_only and self.solver != "deq":
+            raise ConfigError(f"{', '.join(deq_only)} appl{'ies' if len(deq_only) == 1 else 'y'} to --solver deq "
+                              "only; add --solver deq or drop them")
+        if self.deq_max_steps is not None and (self.stages is not None or self.steps_per_stage is not None):
+            raise ConfigError("give the DEQ step budget either as --deq-max-steps or as --stages x "
+                              "--steps-per-stage, not both")
+        if self.deq_tol is not None and not self.deq_tol >= 0:
+            raise ConfigError(f"--deq-tol must be >= 0, got {self.deq_tol}")
+        if self.deq_max_steps is not None and self.deq_max_steps < 1:
+            raise ConfigError(f"--deq-max-steps must be >= 1, got {self.deq_max_steps}")
 
 
 @dataclass
@@ -137,6 +160,7 @@ class ReconstructionResult:
     peak_window_frames: int = 0
     window_capacity: int = 0
     poses: np.ndarray | None = field(default=None, repr=False)  # [N,4,4] final camera-to-world
+    solver: dict = field(default_factory=dict)  # iterations per frame (run.json results.solver); {} if unknown
 
     @property
     def frames_per_second(self) -> float:
@@ -151,12 +175,14 @@ class ReconstructionResult:
 @dataclass
 class WindowPrediction:
     """One window's output at the processing resolution: target depth [H,W] (metres, 0 = invalid),
-    T_ref_from_tgt [N,4,4] in the order of the references, cost map [h,w] or None, per-step costs [S]."""
+    T_ref_from_tgt [N,4,4] in the order of the references, cost map [h,w] or None, per-step costs [S],
+    and what the optimiser did (``solver``: mode, steps used, convergence; None when not an optimiser)."""
 
     depth: np.ndarray
     T_ref_from_tgt: np.ndarray
     cost_map: np.ndarray | None = None
     step_costs: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    solver: dict | None = None
 
 
 class WindowPredictor:
@@ -173,6 +199,9 @@ class WindowPredictor:
     def encode(self, slot: FrameSlot) -> Any:
         return None
 
+    def begin_sequence(self) -> None:
+        """A new sequence starts: forget anything carried over from the previous window (warm starts)."""
+
     def __call__(self, target: FrameSlot, refs: Sequence[FrameSlot]) -> WindowPrediction:
         raise NotImplementedError
 
@@ -183,22 +212,37 @@ class WindowPredictor:
 
 class DroPredictor(WindowPredictor):
     """DRO on each window. With ``reuse_features`` each frame's fnet / depth-context maps are computed once
-    (eval mode, so valid); without, every window recomputes them as the official ``infer_video.py`` does."""
+    (eval mode, so valid); without, every window recomputes them as the official ``infer_video.py`` does.
+
+    ``solver="unrolled"`` runs the model's fixed schedule (``stages`` x ``steps_per_stage``); ``"deq"`` the
+    fixed-point solve of ``dro_sfm.models.deq`` with the same weights, stopping at ``deq.tol`` within the
+    budget (``deq.max_steps``, or stages x steps_per_stage when given), each window starting from the
+    previous window's solution re-projected to its target when ``warm_start`` (docs/deq.md §5).
+    """
 
     def __init__(self, model: Any, reuse_features: bool = True, stages: int | None = None,
-                 steps_per_stage: int | None = None):
+                 steps_per_stage: int | None = None, solver: str = "unrolled", deq: Any = None,
+                 warm_start: bool = True):
+        if solver not in SOLVERS:
+            raise ConfigError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
         self.model = model
         self.net = model.net.eval()
         self.device = model.device
         self.reuse_features = reuse_features
         self.stages, self.steps_per_stage = stages, steps_per_stage
+        self.solver = solver
+        self.deq_config = deq if deq is not None else self.net.config.deq  # a DeqConfig
+        self.warm_start = warm_start
+        self._warm: Any = None  # dro_sfm.models.deq.SequenceWarmStart, made on the first DEQ window
         self.name = model.info.name
         self.trained = bool(model.info.trained)
         self.image_shape = tuple(model.info.image_shape)
 
     @property
     def identity(self) -> str:
-        return f"{self.model.info.name}:{self.model.info.source or 'in-memory'}"
+        base = f"{self.model.info.name}:{self.model.info.source or 'in-memory'}"
+        # --resume must not continue a DEQ run with unrolled windows (or back); unrolled keeps its old identity.
+        return base + ":deq" if self.solver == "deq" else base
 
     def encode(self, slot: FrameSlot) -> tuple[Any, Any]:
         """(image tensor [1,3,H,W] in [0,1] on the device, Features or None)."""
@@ -209,6 +253,10 @@ class DroPredictor(WindowPredictor):
             image = image.to(self.device)
             return image, self.net.encode(image) if self.reuse_features else None
 
+    def begin_sequence(self) -> None:
+        if self._warm is not None:
+            self._warm.reset()
+
     def __call__(self, target: FrameSlot, refs: Sequence[FrameSlot]) -> WindowPrediction:
         import torch
 
@@ -218,13 +266,51 @@ class DroPredictor(WindowPredictor):
         K = torch.from_numpy(target.K).float()[None].to(self.device)
         features = (target.features[1], [r.features[1] for r in refs]) if self.reuse_features else None
         with torch.no_grad():
-            out = self.net.forward_full(target.features[0], [r.features[0] for r in refs], K,
-                                        stages=self.stages, steps_per_stage=self.steps_per_stage,
-                                        features=features, return_cost_map=True)
+            if self.solver == "deq":
+                out, solver = self._solve_deq(target, refs, K, features)
+            else:
+                out = self._solve_unrolled(target, refs, K, features)
+                solver = {"mode": "unrolled", "steps": int(out.step_costs.numel())}
             depth = inv2depth(out.inv_depths[-1])[0, 0].float().cpu().numpy()
             T = euler_vec_to_matrix(out.poses[-1][0].double()).cpu().numpy()
         cost = out.cost_map[0, 0].float().cpu().numpy() if out.cost_map is not None else None
-        return WindowPrediction(depth, T, cost, out.step_costs.float().cpu().numpy())
+        return WindowPrediction(depth, T, cost, out.step_costs.float().cpu().numpy(), solver)
+
+    def _solve_unrolled(self, target: FrameSlot, refs: Sequence[FrameSlot], K: Any, features: Any) -> Any:
+        """The model's unrolled schedule (a model configured for DEQ is switched for the call only)."""
+        config = self.net.config
+        if config.solver != "unrolled":
+            self.net.config = config.with_(solver="unrolled")
+        try:
+            return self.net.forward_full(target.features[0], [r.features[0] for r in refs], K,
+                                         stages=self.stages, steps_per_stage=self.steps_per_stage,
+                                         features=features, return_cost_map=True)
+        finally:
+            self.net.config = config
+
+    def _solve_deq(self, target: FrameSlot, refs: Sequence[FrameSlot], K: Any, features: Any) -> tuple[Any, dict]:
+        """Fixed-point solve of the window, warm-started from the previous one; (DroOutput, solver record)."""
+        from dro_sfm.models import deq as deq_module  # looked up per call so that tests can observe it
+
+        if self._warm is None:
+            self._warm = deq_module.SequenceWarmStart(self.net.config)
+        ref_ids = [r.index for r in refs]
+        init, start = (self._warm.initial_state(target.index, ref_ids, K) if self.warm_start
+                       else (None, "cold: warm start disabled"))
+        out = deq_module.deq_forward(self.net, target.features[0], [r.features[0] for r in refs], K,
+                                     stages=self.stages, steps_per_stage=self.steps_per_stage, init=init,
+                                     features=features, return_cost_map=True, deq_config=self.deq_config,
+                                     warn=False)
+        if self.warm_start:
+            self._warm.remember(target.index, ref_ids, out)
+        stats = out.extras.get("deq")
+        if stats is None:  # a zero budget: the initial heads only
+            return out, {"mode": "deq", "steps": 0, "budget": 0, "tol": self.deq_config.tol, "converged": False,
+                         "residual": None, "start": start}
+        logger.debug("frame %d: %s (%s start)", target.index, stats.summary(), start)
+        return out, {"mode": "deq", "steps": int(stats.steps), "budget": int(stats.max_steps), "tol": stats.tol,
+                     "converged": bool(stats.converged), "residual": _finite_or_none(float(stats.residual.max())),
+                     "solver": stats.solver, "start": start}
 
 
 class GroundTruthPredictor(WindowPredictor):
@@ -243,6 +329,10 @@ class GroundTruthPredictor(WindowPredictor):
         return WindowPrediction(target.gt_depth.astype(np.float32), T)  # type: ignore[union-attr]
 
 
+def _finite_or_none(value: float) -> float | None:
+    return value if np.isfinite(value) else None
+
+
 def load_predictor(options: ReconstructOptions) -> DroPredictor:
     """The DRO predictor for ``options.weights`` on ``options.device`` (``default``: the shipped model, or an
     untrained small model with a warning when this installation has none)."""
@@ -257,7 +347,13 @@ def load_predictor(options: ReconstructOptions) -> DroPredictor:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"--device {options.device}: this torch build or machine has no CUDA; use --device cpu")
     model = load_model(options.weights, device)
-    return DroPredictor(model, stages=options.stages, steps_per_stage=options.steps_per_stage)
+    deq = None
+    if options.solver == "deq" and (options.deq_tol is not None or options.deq_max_steps is not None):
+        base = model.net.config.deq
+        deq = replace(base, tol=base.tol if options.deq_tol is None else options.deq_tol,
+                      max_steps=base.max_steps if options.deq_max_steps is None else options.deq_max_steps)
+    return DroPredictor(model, stages=options.stages, steps_per_stage=options.steps_per_stage,
+                        solver=options.solver, deq=deq, warm_start=options.warm_start)
 
 
 # --- input ---------------------------------------------------------------------------------------------------
@@ -515,8 +611,7 @@ class SequenceEngine:
     """
 
     def __init__(self, predictor: WindowPredictor, n_refs: int, writer_factory: Callable[[], _PipelineWriter],
-                 record: RunRecord, done: Callable[[int], dict | None] | None = None,
-                 on_written: Callable[[FrameSlot], None] | None = None):
+                 record: RunRecord, done: Callable[[int], dict | None] | None = None):
         self.predictor = predictor
         self.n_refs = n_refs
         self.window = SlidingWindow(n_refs + 1)
@@ -525,12 +620,14 @@ class SequenceEngine:
         self._writer_factory = writer_factory
         self.writer: _PipelineWriter | None = None
         self._done = done or (lambda index: None)
-        self._on_written = on_written
         self.next_target = 0
         self.step_costs: list[np.ndarray] = []
         self.gt_poses: list[np.ndarray | None] = []
         self.depth_metrics: list[_FrameMetrics] = []
+        self.solver_records: list[tuple[int, dict]] = []  # (keyframe index, WindowPrediction.solver)
+        self.n_not_converged = 0
         self.n_resumed = 0
+        predictor.begin_sequence()
 
     def push(self, slot: FrameSlot) -> None:
         """Add the next keyframe; runs every window that became complete."""
@@ -585,6 +682,22 @@ class SequenceEngine:
         target.result = FrameResult(depth=depth, ref_indices=[r.index for r in refs], T_ref_from_tgt=T,
                                     cost_map=None if pred.cost_map is None else np.asarray(pred.cost_map),
                                     step_costs=np.asarray(pred.step_costs, dtype=np.float64))
+        if pred.solver is not None:
+            target.extras["solver"] = dict(pred.solver)
+            self._check_converged(target.index, pred.solver)
+
+    def _check_converged(self, index: int, solver: dict) -> None:
+        """Warn on the first window whose fixed-point solve stopped short of its tolerance; count the rest."""
+        if solver.get("converged", True):
+            return
+        self.n_not_converged += 1
+        if self.n_not_converged == 1:
+            residual = solver.get("residual")
+            logger.warning("frame %d: the DEQ solve did not converge (residual %s > tol %g after %d/%d steps); the "
+                           "lowest-residual state is used. Later failures are only counted (run.json results.solver)"
+                           "; raise --deq-max-steps or loosen --deq-tol", index,
+                           "n/a" if residual is None else f"{residual:.3g}", solver.get("tol", float("nan")),
+                           solver.get("steps", 0), solver.get("budget", 0))
 
     def _write_ready(self, final: bool) -> None:
         for slot in self.window:
@@ -621,14 +734,17 @@ class SequenceEngine:
                 "gt_pose": None if slot.gt_pose is None else np.asarray(slot.gt_pose).tolist(),
                 "depth_metrics": None if metrics is None else asdict(metrics),
             }
+            if "solver" in slot.extras:
+                doc["solver"] = slot.extras["solver"]
             atomic_write_text(_record_path(self.writer.root, slot.index), json.dumps(doc) + "\n")
-        self._account(slot, res.step_costs, metrics)
+        self._account(slot, res.step_costs, metrics, slot.extras.get("solver"))
         slot.written = True
-        if self._on_written is not None:
-            self._on_written(slot)
 
-    def _account(self, slot: FrameSlot, step_costs: np.ndarray, metrics: _FrameMetrics | None) -> None:
+    def _account(self, slot: FrameSlot, step_costs: np.ndarray, metrics: _FrameMetrics | None,
+                 solver: dict | None = None) -> None:
         self.step_costs.append(np.asarray(step_costs, dtype=np.float64))
+        if solver is not None:
+            self.solver_records.append((slot.index, solver))
         self.gt_poses.append(None if slot.gt_pose is None else np.asarray(slot.gt_pose, dtype=np.float64))
         if metrics is not None:
             self.depth_metrics.append(metrics)
@@ -649,7 +765,7 @@ class SequenceEngine:
         metrics = _FrameMetrics(**doc["depth_metrics"]) if doc.get("depth_metrics") else None
         if slot.gt_pose is None and doc.get("gt_pose") is not None:
             slot.gt_pose = np.asarray(doc["gt_pose"], dtype=np.float64)
-        self._account(slot, slot.result.step_costs, metrics)
+        self._account(slot, slot.result.step_costs, metrics, doc.get("solver"))
         slot.written = True
         self.n_resumed += 1
 
@@ -856,6 +972,11 @@ def _run(src: InputSource, out: _OutputDir, options: ReconstructOptions, predict
                              targets=fusion_targets(options.fusion))
     record.add_timings({f"export_{k}": v for k, v in report.timings.items() if k != "write_frames"})
     metrics = _ground_truth_metrics(engine, poses)
+    solver = solver_summary(engine.solver_records)
+    if solver.get("non_converged"):
+        logger.warning("DEQ: %d of %d frames did not converge to tol %g within %d steps (frames %s)",
+                       solver["non_converged"], solver["frames"], solver["tol"], solver["budget"],
+                       _index_ranges(solver["non_converged_frames"]))
     record.timings["total"] = time.perf_counter() - t_start
     record.inputs.update(layout=src.layout, input_frames=state.n_input, keyframes=n_frames,
                          resumed_frames=engine.n_resumed, input_size=list(state.input_hw or ()),
@@ -868,13 +989,47 @@ def _run(src: InputSource, out: _OutputDir, options: ReconstructOptions, predict
                           trajectory={"pairs": len(engine.trajectory.edges()),
                                       "rejected_estimates": engine.trajectory.rejected},
                           frames_per_second=n_frames / record.timings["total"])
+    if solver:
+        record.results["solver"] = solver
     record.write(root)
     return ReconstructionResult(
         out_dir=root, n_input_frames=state.n_input, n_keyframes=n_frames, n_resumed=engine.n_resumed,
         intrinsics=state.intrinsics, processing_hw=proc_hw, model_name=predictor.name, trained=predictor.trained,
         report=report, timings=dict(record.timings), metrics=metrics, peak_window_frames=engine.window.peak,
-        window_capacity=engine.window.capacity, poses=poses,
+        window_capacity=engine.window.capacity, poses=poses, solver=solver,
     )
+
+
+def solver_summary(records: Sequence[tuple[int, dict]]) -> dict:
+    """run.json ``results.solver``: optimiser steps per frame (mean/max/min), convergence and warm starts,
+    plus compact per-frame arrays in keyframe order; {} when the predictor reports nothing."""
+    if not records:
+        return {}
+    records = sorted(records, key=lambda r: r[0])
+    steps = np.array([int(r.get("steps", 0)) for _, r in records])
+    modes = sorted({str(r.get("mode")) for _, r in records})
+    out: dict[str, Any] = {"mode": modes[0] if len(modes) == 1 else modes, "frames": len(records),
+                           "steps_mean": float(steps.mean()), "steps_max": int(steps.max()),
+                           "steps_min": int(steps.min()),
+                           "per_frame": {"index": [i for i, _ in records], "steps": steps.tolist()}}
+    deq = [(i, r) for i, r in records if r.get("mode") == "deq"]
+    if deq:
+        failed = [i for i, r in deq if not r.get("converged", False)]
+        warm = [str(r.get("start", "")) == "warm" for _, r in deq]
+        out.update(tol=deq[0][1].get("tol"), budget=max(int(r.get("budget", 0)) for _, r in deq),
+                   non_converged=len(failed), non_converged_frames=failed, warm_started=int(sum(warm)))
+        out["per_frame"].update(converged=[bool(r.get("converged", False)) for _, r in deq],
+                                residual=[r.get("residual") for _, r in deq], warm=warm)
+    return out
+
+
+def _index_ranges(indices: Sequence[int]) -> str:
+    """[0,1,2,5,7,8] -> "0-2, 5, 7-8" (short log lines for long runs)."""
+    parts: list[str] = []
+    for _, group in itertools.groupby(enumerate(indices), key=lambda p: p[1] - p[0]):
+        run = [v for _, v in group]
+        parts.append(str(run[0]) if len(run) == 1 else f"{run[0]}-{run[-1]}")
+    return ", ".join(parts)
 
 
 def _previous_config(root: Path) -> dict | None:
