@@ -379,3 +379,26 @@ def test_cli_trains_and_rejects_bad_checkpoints(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "nothing to do" in res.output, res.output
     bad = runner.invoke(main, ["train", str(config), "--set", "optim.lr=fast"])
     assert bad.exit_code == 1 and "optim.lr" in bad.output
+
+
+def test_validation_scores_in_eval_mode_without_changing_training(tmp_path: Path) -> None:
+    """Eval-mode validation on reserved samples is logged and leaves the training trajectory untouched."""
+    base = [
+        "data.kind=synthetic", "data.scenes=indoor", "data.height=64", "data.width=96", "data.samples_per_scene=2",
+        "data.augment=false", "optim.batch_size=1", "optim.steps=2", TINY_MODEL, "checkpoint_every=0",
+        "log_every=1000", "image_log_every=0",
+    ]
+    plain = Trainer(apply_overrides(TrainConfig(), base + [f"out_dir={tmp_path / 'a'}"])).run(progress=False)
+    trainer = Trainer(apply_overrides(
+        TrainConfig(), base + [f"out_dir={tmp_path / 'b'}", "val_every=1", "val_samples=2"]))
+    validated = trainer.run(progress=False)
+    assert [r.loss for r in validated] == [r.loss for r in plain]
+    assert trainer.net.training, "validation must hand the network back in train mode"
+    rows = trainer.validation_scores()
+    total = trainer.net.config.stages * trainer.net.config.steps_per_stage
+    assert {r.predictor for r in rows} == {"dro-0", f"dro-{total}"}
+    assert all(r.kind == "indoor" and r.n == 2 and np.isfinite(r.abs_rel) and np.isfinite(r.rot_deg) for r in rows)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(tmp_path / "b" / "tb")).Reload().Tags()["scalars"]
+    assert "val_indoor/abs_rel_it0" in tags and "val_indoor/rot_deg_it0" in tags

@@ -106,6 +106,10 @@ class TrainConfig:
     checkpoint_every: int = 200
     log_every: int = 20
     image_log_every: int = 200
+    # Eval-mode scores on reserved synthetic samples (synthetic data only). Train-mode curves can mislead:
+    # BatchNorm's batch statistics and the loss (L1 on inverse depth) hide what inference will do.
+    val_every: int = 0
+    val_samples: int = 8
     device: str = "cpu"
 
 

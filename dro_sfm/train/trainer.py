@@ -253,6 +253,8 @@ class Trainer:
                 self._log_scalars(res, time.perf_counter() - t0)
             if self.writer is not None and cfg.image_log_every and res.step % cfg.image_log_every == 0:
                 self._log_images(res.step)
+            if self.writer is not None and cfg.val_every and res.step % cfg.val_every == 0:
+                self._validate(res.step)
             if cfg.checkpoint_every and res.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
         bar.close()
@@ -280,6 +282,30 @@ class Trainer:
             for i, (absrel, rot) in enumerate(zip(errs["abs_rel"], errs["rot_deg"])):
                 w.add_scalar(f"per_iteration/abs_rel_{i}", absrel, res.step)
                 w.add_scalar(f"per_iteration/rot_deg_{i}", rot, res.step)
+
+    def validation_scores(self) -> list:
+        """Eval-mode scorecard rows (0 and all iterations) on ``val_samples`` reserved samples per scene kind."""
+        from dro_sfm.train.scorecard import score
+
+        d = self.cfg.data
+        if d.kind != "synthetic":
+            return []
+        kinds = ("indoor", "outdoor") if d.scenes == "mixed" else (d.scenes,)
+        total = self.net.config.stages * self.net.config.steps_per_stage
+        model = DroModel(self.net, ModelInfo(name="validation", image_shape=(d.height, d.width), trained=True))
+        try:
+            return score(model, kinds=kinds, n_samples=self.cfg.val_samples, height=d.height, width=d.width,
+                         iterations=(0, total), progress=False, baselines=False)
+        finally:
+            self.net.train()
+
+    def _validate(self, step: int) -> None:
+        for row in self.validation_scores():
+            it = row.predictor.split("-")[1]
+            for name in ("abs_rel", "abs_rel_median_scaled", "rot_deg", "tdir_deg"):
+                self.writer.add_scalar(f"val_{row.kind}/{name}_it{it}", getattr(row, name), step)
+            log.info("step %d val %s %s: abs_rel=%.3f (median-scaled %.3f) rot=%.2f deg tdir=%.1f deg", step,
+                     row.kind, row.predictor, row.abs_rel, row.abs_rel_median_scaled, row.rot_deg, row.tdir_deg)
 
     def _log_images(self, step: int) -> None:
         from dro_sfm.train.monitor import image_panels
