@@ -303,3 +303,31 @@ def test_shared_reader_gives_the_same_ate(traj_dir: Path) -> None:
     a = tr.absolute_trajectory_error(A_ref, A_est, align="se3").stats["rmse"]
     b = tr.absolute_trajectory_error(B_ref, B_est, align="se3").stats["rmse"]
     assert a == pytest.approx(b, rel=1e-6)
+
+
+# --------------------------------------------------------------------------- rounded dataset rotations
+def test_rotations_rounded_like_dataset_text_are_accepted_and_made_orthonormal() -> None:
+    """7-Scenes/TUM text poses miss orthonormality by ~1e-4; evo refuses that beyond 1e-6 (it raised here)."""
+    rng = np.random.default_rng(3)
+    T = np.stack([np.eye(4)] * 6)
+    T[:, :3, :3] = Rotation.from_rotvec(rng.normal(scale=0.3, size=(6, 3))).as_matrix()
+    T[:, :3, 3] = np.cumsum(rng.normal(scale=0.1, size=(6, 3)), axis=0)
+    rounded = T.copy()
+    rounded[:, :3, :3] = np.round(T[:, :3, :3], 4) + 1e-4 * rng.standard_normal((6, 3, 3))
+    assert np.abs(np.swapaxes(rounded[:, :3, :3], 1, 2) @ rounded[:, :3, :3] - np.eye(3)).max() > 1e-5
+    for pose_relation in ("rotation_deg", "translation"):
+        exact = tr.relative_trajectory_error(T, T, pose_relation=pose_relation)
+        result = tr.relative_trajectory_error(rounded, T, pose_relation=pose_relation)
+        assert result.stats["rmse"] < 0.05 and exact.stats["rmse"] < 1e-6, pose_relation
+    ape = tr.absolute_trajectory_error(rounded, T, align="se3", pose_relation="rotation_deg")
+    assert ape.stats["max"] < 0.05
+    np.testing.assert_array_equal(ape.T_ref, rounded)  # the inputs themselves are reported unchanged
+
+
+@pytest.mark.parametrize("bad", ["scaled", "reflection"])
+def test_matrices_that_are_no_rotation_are_refused(bad: str) -> None:
+    T = np.stack([np.eye(4)] * 4)
+    T[:, :3, 3] = np.arange(12.0).reshape(4, 3) ** 1.5
+    T[2, :3, :3] = 1.1 * np.eye(3) if bad == "scaled" else np.diag([1.0, 1.0, -1.0])
+    with pytest.raises(InputError, match="pose 2 has no valid rotation"):
+        tr.absolute_trajectory_error(T, np.stack([np.eye(4)] * 4))

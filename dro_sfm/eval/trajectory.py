@@ -17,6 +17,7 @@ from evo.core import geometry as evo_geometry
 from evo.core import metrics as evo_metrics
 from evo.core import sync as evo_sync
 from evo.core.filters import FilterException
+from evo.core.lie_algebra import is_so3
 from evo.core.trajectory import PosePath3D
 
 from dro_sfm.errors import ConfigError, InputError
@@ -33,6 +34,10 @@ _RELATIONS: dict[str, tuple[evo_metrics.PoseRelation, str]] = {
     "full": (evo_metrics.PoseRelation.full_transformation, ""),
 }
 STAT_NAMES: tuple[str, ...] = ("rmse", "mean", "median", "std", "min", "max", "sse")
+#: Largest |RᵀR − I| entry accepted in an input rotation. Dataset poses are stored as rounded text (7-Scenes,
+#: TUM quaternions) and can miss orthonormality by ~1e-4, which evo refuses (its SO(3) test allows ~1e-6); such
+#: rotations are replaced by the nearest rotation before evo sees them. Further off is a wrong input.
+ROTATION_TOLERANCE = 1e-2
 
 
 def _check_trajectory(T: np.ndarray, what: str) -> np.ndarray:
@@ -47,6 +52,32 @@ def _check_trajectory(T: np.ndarray, what: str) -> np.ndarray:
     return T
 
 
+def _nearest_rotation(R: np.ndarray) -> np.ndarray:
+    """The rotation [3,3] closest to R [3,3] in the Frobenius norm (SVD projection, det +1)."""
+    U, _, Vt = np.linalg.svd(R)
+    return U @ np.diag([1.0, 1.0, np.sign(np.linalg.det(U @ Vt))]) @ Vt
+
+
+def _evo_ready(T: np.ndarray, what: str) -> np.ndarray:
+    """Poses [N,4,4] whose rotations pass evo's SO(3) test: the ones that fail only by rounding are projected.
+
+    Poses evo already accepts are passed through unchanged, so results on clean inputs are exactly evo's.
+    """
+    out = T
+    for i in range(T.shape[0]):
+        R = T[i, :3, :3]
+        if is_so3(R):
+            continue
+        deviation = float(np.abs(R.T @ R - np.eye(3)).max())
+        if deviation > ROTATION_TOLERANCE or np.linalg.det(R) <= 0.0:
+            raise InputError(f"{what}: pose {i} has no valid rotation (|RᵀR − I| = {deviation:.3g}, "
+                             f"det {np.linalg.det(R):.3g})")
+        if out is T:
+            out = T.copy()
+        out[i, :3, :3] = _nearest_rotation(R)
+    return out
+
+
 def _check_pair(T_ref: np.ndarray, T_est: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     T_ref = _check_trajectory(T_ref, "reference trajectory")
     T_est = _check_trajectory(T_est, "estimated trajectory")
@@ -58,8 +89,8 @@ def _check_pair(T_ref: np.ndarray, T_est: np.ndarray) -> tuple[np.ndarray, np.nd
     return T_ref, T_est
 
 
-def _path(T: np.ndarray) -> PosePath3D:
-    return PosePath3D(poses_se3=list(T))
+def _path(T: np.ndarray, what: str = "trajectory") -> PosePath3D:
+    return PosePath3D(poses_se3=list(_evo_ready(T, what)))
 
 
 @dataclass(frozen=True)
@@ -114,10 +145,10 @@ def align_trajectory(
     n = -1 if n_align is None else int(n_align)
     if n == 0 or n < -1 or n > T_ref.shape[0]:
         raise InputError(f"n_align={n_align} must be between 1 and the number of poses ({T_ref.shape[0]})")
-    est = _path(T_est)
+    est = _path(T_est, "estimated trajectory")
     try:
         R, t, s = est.align(
-            _path(T_ref), correct_scale=mode == "sim3", correct_only_scale=mode == "scale", n=n
+            _path(T_ref, "reference trajectory"), correct_scale=mode == "sim3", correct_only_scale=mode == "scale", n=n
         )
     except evo_geometry.GeometryException as err:
         raise InputError(
@@ -184,7 +215,7 @@ def absolute_trajectory_error(
     alignment, T_aligned = align_trajectory(T_ref, T_est, align, n_align)
     T_ref = np.asarray(T_ref, dtype=np.float64)
     ape = evo_metrics.APE(relation)
-    ape.process_data((_path(T_ref), _path(T_aligned)))
+    ape.process_data((_path(T_ref, "reference trajectory"), _path(T_aligned, "aligned estimate")))
     return TrajectoryErrors(
         metric="ape",
         pose_relation=pose_relation,
@@ -220,7 +251,7 @@ def relative_trajectory_error(
     T_ref = np.asarray(T_ref, dtype=np.float64)
     rpe = evo_metrics.RPE(relation, delta=int(delta), delta_unit=evo_metrics.Unit.frames, all_pairs=all_pairs)
     try:
-        rpe.process_data((_path(T_ref), _path(T_aligned)))
+        rpe.process_data((_path(T_ref, "reference trajectory"), _path(T_aligned, "aligned estimate")))
     except FilterException as err:
         raise InputError(
             f"RPE with delta={delta} frames found no frame pair in {T_ref.shape[0]} poses"
