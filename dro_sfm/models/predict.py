@@ -44,7 +44,7 @@ class ModelInfo:
     """Where a model came from and how it expects to be used."""
 
     name: str = "untrained"
-    image_shape: tuple[int, int] = (240, 320)  # (H, W) the model was trained at
+    image_shape: tuple[int, int] = (240, 320)  # (H, W) default processing size (official: training size)
     depth_units: str = "metres"
     trained: bool = False
     source: str = ""

@@ -49,7 +49,7 @@ class WeightsEntry:
     version: str                       # official version string the file is built for
     min_depth: float
     max_depth: float
-    image_shape: tuple[int, int]       # (H, W) the model was trained at
+    image_shape: tuple[int, int]       # (H, W) default processing size (official models: their training size)
     ref_offsets: tuple[int, ...]       # frame offsets of the reference views used in training
     description: str
     url: str | None = None             # official address; DRO_SFM_WEIGHTS_BASE_URL replaces its folder
@@ -90,7 +90,7 @@ REGISTRY: dict[str, WeightsEntry] = {
 DEFAULT_WEIGHTS = "default"
 REGISTRY[DEFAULT_WEIGHTS] = WeightsEntry(
     name=DEFAULT_WEIGHTS, source="package", filename="default_small.pt", version="dro-sfm small preset",
-    min_depth=0.2, max_depth=80.0, image_shape=(128, 160), ref_offsets=(-1, 1),
+    min_depth=0.2, max_depth=80.0, image_shape=(240, 320), ref_offsets=(-1, 1),  # trained at 128x160
     description="dro-sfm default: small preset trained on synthetic indoor + outdoor scenes (CPU)",
 )
 
