@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,15 +19,18 @@ from PIL import Image
 from dro_sfm.errors import ConfigError, InputError, OutputError
 from dro_sfm.geometry.pose import invert_rigid, pose_from_quat_trans
 from dro_sfm.recon.export import (
+    ColmapObservations,
     RunWriter,
     colmap_intrinsics,
     export_run,
     kitti_lines,
     nerfstudio_transforms,
+    observe_points,
     run_fusion_options,
     tum_lines,
+    write_colmap_text,
 )
-from dro_sfm.recon.fusion import FusionOptions, VoxelCloud
+from dro_sfm.recon.fusion import FusionOptions, VoxelCloud, fuse_run
 from dro_sfm.recon.run_dir import CameraRecord, RunCameras, RunRecord, load_cameras
 
 WALL_Z = 4.1  # fronto-parallel wall (off the 0.25 m checker grid so its colour is stable)
@@ -266,6 +270,123 @@ def test_refined_poses_replace_the_streamed_ones(run_dir, scene):
     out, _ = run_dir
     cams = load_cameras(out)
     np.testing.assert_allclose(cams.poses(), scene.poses, atol=1e-12)
+
+
+def _read_colmap_tracks(model_dir: Path) -> tuple[dict[int, list[tuple[float, float, int]]],
+                                                   dict[int, list[tuple[int, int]]], dict[int, list[float]]]:
+    """Plain parse of a COLMAP text model: POINTS2D per image id, TRACK per point id, and X Y Z R G B ERROR."""
+    img_lines = [ln for ln in (model_dir / "images.txt").read_text().split("\n")[:-1] if not ln.startswith("#")]
+    assert len(img_lines) % 2 == 0
+    images = {}
+    for head, obs in zip(img_lines[::2], img_lines[1::2]):
+        v = obs.split(" ") if obs else []  # single spaces, as COLMAP's reader expects
+        images[int(head.split(" ")[0])] = [(float(v[k]), float(v[k + 1]), int(v[k + 2])) for k in range(0, len(v), 3)]
+    tracks, heads = {}, {}
+    for ln in (model_dir / "points3D.txt").read_text().split("\n")[:-1]:
+        if ln.startswith("#"):
+            continue
+        v = ln.split(" ")
+        heads[int(v[0])] = [float(x) for x in v[1:8]]
+        tracks[int(v[0])] = [(int(v[k]), int(v[k + 1])) for k in range(8, len(v), 2)]
+    return images, tracks, heads
+
+
+def _assert_tracks_consistent(images: dict, tracks: dict) -> None:
+    """Every track element names an observation of that point, and every observation is in its point's track."""
+    listed = {(img, idx): pid for pid, track in tracks.items() for img, idx in track}
+    assert len(listed) == sum(len(t) for t in tracks.values())  # no (image, idx) twice
+    observed = {(img, idx): pid for img, obs in images.items() for idx, (_, _, pid) in enumerate(obs)}
+    assert listed == observed
+
+
+def _write_views(out: Path, scene: SyntheticScene, order: list[int]) -> dict:
+    """A run of the scene's views in ``order`` (views may repeat) with only the COLMAP export."""
+    writer = RunWriter(out)
+    for i, view in enumerate(order):
+        writer.add_frame(i, scene.images[view], scene.depths[view], None, scene.K, scene.poses[view])
+    return writer.finalize(targets=["colmap"]).to_dict()
+
+
+def test_colmap_observations_do_not_grow_with_the_frame_count(tmp_path):
+    """10 views, then the same 10 views 10 times over: same cloud, the observations stay within the budget of
+    twice the points (a per-image floor would give 100 frames ~10x the observations of 10)."""
+    import pycolmap
+
+    scene = make_scene(10)
+    reports = {n: _write_views(tmp_path / f"n{n}", scene, [i % 10 for i in range(n)]) for n in (10, 100)}
+    points = reports[10]["counts"]["points"]
+    assert reports[100]["counts"]["points"] == points > 1000
+    obs = {n: r["counts"]["colmap_observations"] for n, r in reports.items()}
+    assert 1.5 * points < obs[10] <= 2 * points and obs[100] <= 2 * points
+    assert obs[100] <= 1.05 * obs[10]
+    for n in (10, 100):
+        model = tmp_path / f"n{n}" / "colmap"
+        images, tracks, _ = _read_colmap_tracks(model)
+        assert len(images) == n and len(tracks) == points
+        assert sum(len(v) for v in images.values()) == obs[n]
+        _assert_tracks_consistent(images, tracks)
+        # Spread over the frames, no image gets more than its share of the budget.
+        assert max(len(v) for v in images.values()) <= -(-2 * points // n)
+        # The frames take the least-observed points first: nearly every point is tracked, typically twice.
+        lengths = np.array([len(t) for t in tracks.values()])
+        assert np.mean(lengths == 0) < 0.05 and np.median(lengths) == 2
+        rec = pycolmap.Reconstruction(str(model))
+        assert rec.num_images() == n and rec.compute_num_observations() == obs[n]
+
+
+def test_observation_budget_is_spread_over_the_frames(run_dir):
+    out, _ = run_dir
+    cameras = load_cameras(out)
+    fused = fuse_run(out, cameras, run_fusion_options(cameras), mesh=False)
+    obs = observe_points(out, cameras, fused.points, fused.params, max_observations=1000)
+    assert [len(i) for i in obs.point_index] == [200] * 5 and obs.count == 1000
+    assert all(len(np.unique(i)) == len(i) for i in obs.point_index)
+    assert observe_points(out, cameras, fused.points, fused.params, max_observations=0).count == 0
+    capped = observe_points(out, cameras, fused.points, fused.params, max_per_image=50)
+    assert [len(i) for i in capped.point_index] == [50] * 5
+
+
+def test_colmap_text_chunks_match_a_plain_formatting(tmp_path, monkeypatch):
+    """The chunked numpy formatting writes what plain Python formatting would, across chunk boundaries, with
+    empty images, untracked points, negative and large coordinates."""
+    from dro_sfm.recon import export as export_module
+
+    rng = np.random.default_rng(4)
+    n_points, n_frames = 300, 6
+    points = rng.normal(0, 50.0, (n_points, 3))
+    points[0] = [0.0, -1e-9, 123.456]
+    colors = rng.uniform(0, 1, (n_points, 3))
+    K = np.array([[300.0, 0, 160.0], [0, 310.0, 120.0], [0, 0, 1]])
+    frames = [CameraRecord(i, f"{i:06d}", K, pose_from_quat_trans(np.array([1.0, 0, 0, 0]), rng.normal(size=3)),
+                           float(i)) for i in range(n_frames)]
+    cameras = RunCameras(width=320, height=240, frames=frames)
+    point_index = [np.sort(rng.choice(n_points, k, replace=False)) for k in (0, 250, 7, 1, 120, 0)]
+    xy = [rng.uniform(0, 320, (len(i), 2)) for i in point_index]
+    observations = ColmapObservations(xy=xy, point_index=point_index)
+    monkeypatch.setattr(export_module, "_OBS_CHUNK", 16)
+    monkeypatch.setattr(export_module, "_POINT_CHUNK", 7)
+    write_colmap_text(tmp_path, cameras, points, colors, observations)
+    images, tracks, heads = _read_colmap_tracks(tmp_path)
+    assert list(images) == list(range(1, n_frames + 1)) and list(tracks) == list(range(1, n_points + 1))
+    for i, (pix, idx) in enumerate(zip(xy, point_index)):
+        got = np.array(images[i + 1]).reshape(-1, 3)
+        np.testing.assert_allclose(got[:, :2], pix, atol=5e-4 + 1e-9)
+        np.testing.assert_array_equal(got[:, 2], idx + 1)
+    expected_tracks = {j + 1: [] for j in range(n_points)}
+    for i, idx in enumerate(point_index):
+        for k, p in enumerate(idx):
+            expected_tracks[p + 1].append((i + 1, k))
+    assert tracks == expected_tracks
+    head = np.array([heads[j + 1] for j in range(n_points)])
+    # 9 significant digits of the largest coordinate, like %.9g there.
+    np.testing.assert_allclose(head[:, :3], points, rtol=0, atol=np.abs(points).max() * 1e-8)
+    np.testing.assert_array_equal(head[:, 3:6], np.round(colors * 255))
+    assert np.all(head[:, 6] == 0)
+    assert not re.search(r"(^| )-0\.0+( |$)", (tmp_path / "points3D.txt").read_text(), re.M)  # no "-0.000"
+    write_colmap_text(tmp_path / "no_tracks", cameras, points, colors, None)
+    images, tracks, _ = _read_colmap_tracks(tmp_path / "no_tracks")
+    assert len(images) == n_frames and not any(images.values())
+    assert len(tracks) == n_points and not any(tracks.values())
 
 
 def test_export_redoes_outputs_from_the_run_dir(run_dir, tmp_path):

@@ -14,14 +14,15 @@ them. ``export_run`` redoes any export from a finished run directory (``dro-sfm 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -108,46 +109,69 @@ class ColmapObservations:
     xy: list[np.ndarray]
     point_index: list[np.ndarray]
 
+    @property
+    def count(self) -> int:
+        """Total number of observations over all images."""
+        return int(sum(len(i) for i in self.point_index))
+
 
 def observe_points(root: str | os.PathLike, cameras: RunCameras, points: np.ndarray, params: ResolvedFusion,
-                   max_per_image: int | None = None) -> ColmapObservations:
+                   max_per_image: int | None = None, max_observations: int | None = None) -> ColmapObservations:
     """Which fused points each frame sees: projects inside the image, in front of the camera, and agrees with
     that frame's own confident depth (so occluded points are not observed). Streams over the frames.
 
     The 2D position is the projection of the 3D point, so reprojection errors are zero by construction.
-    To keep the text model small at most ``max_per_image`` observations per image are kept (default: 4096,
-    or twice the points per frame if more), preferring points with the fewest observations so far so that
+    The total is capped at ``max_observations`` (default: twice the number of points), so the model's size
+    follows the scene, not the frame count: each frame gets an equal share of what is left of the budget
+    (optionally at most ``max_per_image``), and takes the points with the fewest observations so far so that
     as many points as possible get a track.
     """
-    if max_per_image is None:
-        max_per_image = max(4096, int(np.ceil(2 * len(points) / max(len(cameras.frames), 1))))
+    budget = 2 * len(points) if max_observations is None else max(int(max_observations), 0)
     n_obs = np.zeros(len(points), np.int64)
     xy_all, idx_all = [], []
-    for rec in cameras.frames:
-        frame = read_frame(root, cameras, rec, with_image=False)
-        T_cam_from_world = invert_rigid(rec.T_world_from_cam)
-        cam = points @ T_cam_from_world[:3, :3].T + T_cam_from_world[:3, 3]
-        z = cam[:, 2]
-        front = z > 1e-6
-        u = np.full(z.shape, -1.0)
-        v = np.full(z.shape, -1.0)
-        u[front] = rec.K[0, 0] * cam[front, 0] / z[front] + rec.K[0, 2]
-        v[front] = rec.K[1, 1] * cam[front, 1] / z[front] + rec.K[1, 2]
-        ui, vi = np.round(u).astype(np.int64), np.round(v).astype(np.int64)
-        inside = front & (ui >= 0) & (vi >= 0) & (ui < cameras.width) & (vi < cameras.height)
-        sel = np.nonzero(inside)[0]
-        ok = valid_mask(frame.depth, frame.confidence, params.conf_threshold, params.depth_max)
-        d = frame.depth[vi[sel], ui[sel]]
-        tol = np.maximum(2.0 * params.cloud_voxel_size, 0.03 * d)
-        seen = ok[vi[sel], ui[sel]] & (np.abs(z[sel] - d) <= tol)
-        sel = sel[seen]
-        if sel.size > max_per_image:
-            tie_break = np.random.default_rng(rec.index).random(sel.size)
-            sel = np.sort(sel[np.lexsort((tie_break, n_obs[sel]))[:max_per_image]])
+    for k, rec in enumerate(cameras.frames):
+        quota = -(-budget // (len(cameras.frames) - k))  # ceil: an equal share of what is left
+        if max_per_image is not None:
+            quota = min(quota, max_per_image)
+        sel = _points_seen(root, cameras, rec, points, params) if quota > 0 else np.zeros(0, np.int64)
+        if sel.size > quota:
+            # Fewest observations first; random tie-break so equal points are not taken in index order.
+            key = n_obs[sel] + np.random.default_rng(rec.index).random(sel.size)
+            sel = np.sort(sel[np.argpartition(key, quota - 1)[:quota]])
         n_obs[sel] += 1
-        xy_all.append(np.stack([u[sel] + 0.5, v[sel] + 0.5], axis=1))
+        budget -= sel.size
+        xy_all.append(_project_points(rec, points[sel]) + 0.5)
         idx_all.append(sel)
     return ColmapObservations(xy=xy_all, point_index=idx_all)
+
+
+def _project_points(rec: CameraRecord, points: np.ndarray) -> np.ndarray:
+    """Pixel positions [N,2] (pixel centres at integers) of world points [N,3] in front of camera ``rec``."""
+    T_cam_from_world = invert_rigid(rec.T_world_from_cam)
+    cam = points @ T_cam_from_world[:3, :3].T + T_cam_from_world[:3, 3]
+    return cam[:, :2] / cam[:, 2:3] * rec.K[[0, 1], [0, 1]] + rec.K[[0, 1], [2, 2]]
+
+
+def _points_seen(root: str | os.PathLike, cameras: RunCameras, rec: CameraRecord, points: np.ndarray,
+                 params: ResolvedFusion) -> np.ndarray:
+    """Sorted indices of the points [N,3] that frame ``rec`` sees: in front, inside the image, at the depth of
+    a confident pixel of that frame (within max(2 cloud voxels, 3 %))."""
+    frame = read_frame(root, cameras, rec, with_image=False)
+    T_cam_from_world = invert_rigid(rec.T_world_from_cam)
+    z = points @ T_cam_from_world[2, :3] + T_cam_from_world[2, 3]
+    sel = np.nonzero(z > 1e-6)[0]
+    uv = np.round(_project_points(rec, points[sel])).astype(np.int64)
+    inside = (uv[:, 0] >= 0) & (uv[:, 1] >= 0) & (uv[:, 0] < cameras.width) & (uv[:, 1] < cameras.height)
+    sel, ui, vi = sel[inside], uv[inside, 0], uv[inside, 1]
+    ok = valid_mask(frame.depth, frame.confidence, params.conf_threshold, params.depth_max)
+    d = frame.depth[vi, ui]
+    tol = np.maximum(2.0 * params.cloud_voxel_size, 0.03 * d)
+    return sel[ok[vi, ui] & (np.abs(z[sel] - d) <= tol)]
+
+
+# Rows per formatting chunk of the COLMAP writer: its scratch arrays scale with these, not with the model.
+_OBS_CHUNK = 1 << 17
+_POINT_CHUNK = 1 << 15
 
 
 def write_colmap_text(out_dir: str | os.PathLike, cameras: RunCameras, points: np.ndarray, colors: np.ndarray,
@@ -157,8 +181,11 @@ def write_colmap_text(out_dir: str | os.PathLike, cameras: RunCameras, points: n
     One PINHOLE camera per distinct K; images hold world-to-camera rotation (qw qx qy qz) and translation;
     image names are ``image_prefix + NNNNNN.png`` (relative to the image folder passed to COLMAP). Points
     [M,3] with colours [M,3] in [0,1]; their tracks come from ``observations`` (empty lines when None).
+    Observations and tracks are formatted with numpy and streamed in chunks, never held as Python strings.
     """
     out = Path(out_dir)
+    if not np.isfinite(points).all():
+        raise OutputError("cannot write a COLMAP model of points with non-finite coordinates")
     cam_ids: dict[tuple[float, ...], int] = {}
     frame_cam: list[int] = []
     for rec in cameras.frames:
@@ -168,34 +195,157 @@ def write_colmap_text(out_dir: str | os.PathLike, cameras: RunCameras, points: n
                  "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]", f"# Number of cameras: {len(cam_ids)}"]
     cam_lines += [f"{cid} PINHOLE {cameras.width} {cameras.height} {p[0]:.9g} {p[1]:.9g} {p[2]:.9g} {p[3]:.9g}"
                   for p, cid in cam_ids.items()]
-
-    n_points = len(points)
-    tracks: list[list[str]] = [[] for _ in range(n_points)]
-    img_lines = ["# Image list with two lines of data per image:",
-                 "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
-                 "#   POINTS2D[] as (X, Y, POINT3D_ID)", f"# Number of images: {len(cameras.frames)}"]
-    for i, rec in enumerate(cameras.frames):
-        image_id = i + 1
-        q, t = quat_trans_from_pose(invert_rigid(rec.T_world_from_cam))
-        img_lines.append(f"{image_id} {q[0]:.12g} {q[1]:.12g} {q[2]:.12g} {q[3]:.12g} "
-                         f"{t[0]:.12g} {t[1]:.12g} {t[2]:.12g} {frame_cam[i]} {image_prefix}{rec.name}.png")
-        if observations is None:
-            img_lines.append("")
-            continue
-        xy, idx = observations.xy[i], observations.point_index[i]
-        img_lines.append(" ".join(f"{x:.3f} {y:.3f} {p + 1}" for (x, y), p in zip(xy, idx)))
-        for k, p in enumerate(idx):
-            tracks[p].append(f"{image_id} {k}")
-
-    rgb = np.round(np.clip(colors, 0.0, 1.0) * 255.0).astype(np.int64)
-    pt_lines = ["# 3D point list with one line of data per point:",
-                "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)",
-                f"# Number of points: {n_points}"]
-    pt_lines += [f"{j + 1} {p[0]:.9g} {p[1]:.9g} {p[2]:.9g} {c[0]} {c[1]} {c[2]} 0 {' '.join(tr)}".rstrip()
-                 for j, (p, c, tr) in enumerate(zip(points, rgb, tracks))]
     atomic_write_text(out / "cameras.txt", "\n".join(cam_lines) + "\n")
-    atomic_write_text(out / "images.txt", "\n".join(img_lines) + "\n")
-    atomic_write_text(out / "points3D.txt", "\n".join(pt_lines) + "\n")
+
+    with _atomic_binary(out / "images.txt") as f:
+        f.write(("# Image list with two lines of data per image:\n"
+                 "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n"
+                 "#   POINTS2D[] as (X, Y, POINT3D_ID)\n"
+                 f"# Number of images: {len(cameras.frames)}\n").encode())
+        for i, rec in enumerate(cameras.frames):
+            q, t = quat_trans_from_pose(invert_rigid(rec.T_world_from_cam))
+            f.write(f"{i + 1} {q[0]:.12g} {q[1]:.12g} {q[2]:.12g} {q[3]:.12g} {t[0]:.12g} {t[1]:.12g} "
+                    f"{t[2]:.12g} {frame_cam[i]} {image_prefix}{rec.name}.png\n".encode())
+            if observations is not None:
+                _write_points2d(f, observations.xy[i], observations.point_index[i])
+            f.write(b"\n")
+
+    with _atomic_binary(out / "points3D.txt") as f:
+        f.write(("# 3D point list with one line of data per point:\n"
+                 "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n"
+                 f"# Number of points: {len(points)}\n").encode())
+        _write_points3d(f, points, colors, observations)
+    return out
+
+
+@contextlib.contextmanager
+def _atomic_binary(path: Path) -> Iterator[BinaryIO]:
+    """A binary file handle whose content appears at ``path`` only once the block succeeds."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
+
+
+def _write_points2d(f: BinaryIO, xy: np.ndarray, point_index: np.ndarray) -> None:
+    """One image's POINTS2D[] (``X Y POINT3D_ID`` with 1-based ids) from xy [k,2] and 0-based indices [k],
+    without the closing newline."""
+    for start in range(0, len(point_index), _OBS_CHUNK):
+        stop = min(start + _OBS_CHUNK, len(point_index))
+        sep = _ascii_const(stop - start, " ")
+        text = _pack_rows([sep, _ascii_fixed(xy[start:stop, 0], 3), sep, _ascii_fixed(xy[start:stop, 1], 3), sep,
+                           _ascii_fixed(np.asarray(point_index[start:stop], np.int64) + 1)])
+        f.write(text[1:] if start == 0 else text)  # no space before the line's first observation
+
+
+def _write_points3d(f: BinaryIO, points: np.ndarray, colors: np.ndarray,
+                    observations: ColmapObservations | None) -> None:
+    """points3D.txt lines ``ID X Y Z R G B 0 [IMAGE_ID POINT2D_IDX]...`` in chunks of points.
+
+    Tracks: every observation is (image, its position in that image's POINTS2D); a stable sort by point index
+    lists each point's track in image order.
+    """
+    n_points = len(points)
+    rgb = np.round(np.clip(colors, 0.0, 1.0) * 255.0).astype(np.int64)
+    decimals = _coordinate_decimals(points)
+    if observations is not None and observations.point_index:
+        obs_point = np.concatenate([np.asarray(i, np.int64) for i in observations.point_index])
+        per_image = np.array([len(i) for i in observations.point_index], np.int64)
+    else:
+        obs_point, per_image = np.zeros(0, np.int64), np.zeros(0, np.int64)
+    image_start = np.cumsum(per_image) - per_image  # first observation of each image in obs_point
+    track_order = np.argsort(obs_point, kind="stable")  # observations grouped by point, in image order
+    track_start = np.concatenate([[0], np.cumsum(np.bincount(obs_point, minlength=n_points))])
+    del obs_point
+    start = 0
+    while start < n_points:
+        # Up to _POINT_CHUNK points, fewer if their tracks exceed _OBS_CHUNK observations (at least one point).
+        stop = int(np.searchsorted(track_start, track_start[start] + _OBS_CHUNK, side="right")) - 1
+        stop = min(max(stop, start + 1), start + _POINT_CHUNK, n_points)
+        f.write(_points3d_chunk(start, stop, points, rgb, decimals, track_order[track_start[start]:track_start[stop]],
+                                track_start[start:stop + 1] - track_start[start], image_start))
+        start = stop
+
+
+def _points3d_chunk(start: int, stop: int, points: np.ndarray, rgb: np.ndarray, decimals: int,
+                    track_obs: np.ndarray, track_start: np.ndarray, image_start: np.ndarray) -> np.ndarray:
+    """ASCII lines (uint8 bytes) of points ``start:stop``; ``track_obs`` are their observations (global
+    indices, grouped by point), ``track_start`` [n+1] where each point's group begins in it."""
+    n = stop - start
+    sep = _ascii_const(n, " ")
+    xyz, color = points[start:stop], rgb[start:stop]
+    head = [_ascii_fixed(np.arange(start + 1, stop + 1)), sep, _ascii_fixed(xyz[:, 0], decimals), sep,
+            _ascii_fixed(xyz[:, 1], decimals), sep, _ascii_fixed(xyz[:, 2], decimals), sep,
+            _ascii_fixed(color[:, 0]), sep, _ascii_fixed(color[:, 1]), sep, _ascii_fixed(color[:, 2]), sep,
+            _ascii_const(n, "0")]  # ERROR: the 2-D positions are exact projections
+    image = np.searchsorted(image_start, track_obs, side="right") - 1  # 0-based image of each observation
+    obs_sep = _ascii_const(len(track_obs), " ")
+    track = [obs_sep, _ascii_fixed(image + 1), obs_sep, _ascii_fixed(track_obs - image_start[image])]
+    bytes_before = np.concatenate([[0], np.cumsum(_row_lengths(track))])
+    track_len = bytes_before[track_start[1:]] - bytes_before[track_start[:-1]]
+    return _concat_rows([(_pack_rows(head), _row_lengths(head)), (_pack_rows(track), track_len),
+                         (np.full(n, ord("\n"), np.uint8), np.ones(n, np.int64))])
+
+
+def _coordinate_decimals(points: np.ndarray) -> int:
+    """Decimals that give the largest coordinate of points [N,3] 9 significant digits (like ``%.9g``)."""
+    largest = float(np.abs(points).max()) if points.size else 0.0
+    return int(np.clip(8 - np.floor(np.log10(largest)), 0, 12)) if largest > 0 else 12
+
+
+# --- vectorised ASCII formatting: columns of bytes per row, NUL bytes are padding and dropped ----------------
+
+
+def _ascii_fixed(values: np.ndarray, decimals: int = 0) -> np.ndarray:
+    """Decimal text of numbers [k] rounded to ``decimals`` digits after the point (integers when 0), as bytes
+    [k,w] uint8, right-aligned: NUL padding on the left."""
+    values = np.asarray(values)
+    if values.dtype.kind in "iu" and decimals == 0:
+        negative, magnitude = values < 0, np.abs(values.astype(np.int64)).astype(np.uint64)
+    else:
+        scaled = np.rint(values.astype(np.float64) * 10.0**decimals)
+        negative, magnitude = scaled < 0, np.abs(scaled).astype(np.uint64)
+    largest = int(magnitude.max()) if magnitude.size else 0
+    width = max(len(str(largest)), decimals + 1)
+    digits = np.empty((width, magnitude.size), np.uint8)  # one row per digit position: contiguous writes
+    rest = magnitude.astype(np.uint32) if largest < 2**32 else magnitude  # 32-bit division is much faster
+    for j in range(width - 1, -1, -1):
+        quotient = rest // 10
+        digits[j] = rest - quotient * 10
+        rest = quotient
+    digits += ord("0")
+    for j in range(width - decimals - 1):  # leading zeros of the integer part (keep its last digit)
+        digits[j][magnitude < 10 ** (width - 1 - j)] = 0
+    sign = np.where(negative & (magnitude > 0), ord("-"), 0).astype(np.uint8)[None]
+    if decimals == 0:
+        return np.concatenate([sign, digits]).T
+    point = np.full((1, magnitude.size), ord("."), np.uint8)
+    return np.concatenate([sign, digits[:-decimals], point, digits[-decimals:]]).T
+
+
+def _ascii_const(k: int, char: str) -> np.ndarray:
+    """The character ``char`` as a column [k,1] uint8."""
+    return np.full((k, 1), ord(char), np.uint8)
+
+
+def _pack_rows(columns: Sequence[np.ndarray]) -> np.ndarray:
+    """The rows of the side-by-side byte columns [k,w_i], one after another, NUL padding dropped: uint8."""
+    block = np.concatenate(columns, axis=1)
+    return block[block != 0]
+
+
+def _row_lengths(columns: Sequence[np.ndarray]) -> np.ndarray:
+    """Bytes [k] that ``_pack_rows`` keeps of each row."""
+    return sum(np.count_nonzero(c, axis=1) for c in columns)
+
+
+def _concat_rows(pieces: Sequence[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """Row-wise concatenation of byte streams: piece p is a uint8 buffer cut into consecutive per-row segments of
+    lengths [R]; the result holds row 0 of every piece in order, then row 1, and so on."""
+    lengths = np.stack([np.asarray(n, np.int64) for _, n in pieces], axis=1)
+    out_start = (np.cumsum(lengths) - lengths.ravel()).reshape(lengths.shape)
+    out = np.empty(int(lengths.sum()), np.uint8)
+    for p, (buf, _) in enumerate(pieces):
+        in_start = np.cumsum(lengths[:, p]) - lengths[:, p]
+        out[np.arange(buf.size) + np.repeat(out_start[:, p] - in_start, lengths[:, p])] = buf
     return out
 
 
@@ -319,6 +469,8 @@ def export_run(root: str | os.PathLike, targets: Iterable[str] = EXPORT_TARGETS,
             with timer("write_mesh"):
                 write_mesh_ply(layout.mesh, mesh)
             report.paths["mesh"] = str(layout.mesh)
+            del mesh
+            fused.mesh = None  # written: free it before the COLMAP export
 
     if "colmap" in targets:
         assert fused is not None
@@ -327,7 +479,7 @@ def export_run(root: str | os.PathLike, targets: Iterable[str] = EXPORT_TARGETS,
             write_colmap_text(layout.colmap_dir, cameras, fused.points, fused.colors, obs)
         report.paths["colmap"] = str(layout.colmap_dir)
         if obs is not None:
-            report.counts["colmap_observations"] = int(sum(len(i) for i in obs.point_index))
+            report.counts["colmap_observations"] = obs.count
 
     if "nerfstudio" in targets:
         with timer("nerfstudio"):
