@@ -130,8 +130,10 @@ def test_official_checkpoint_loads_and_matches_npz_model(tmp_path, weights, refe
     args, inv_depth, poses = reference
     with torch.no_grad():
         got_inv_depth, got_poses = model(*args)
-    assert torch.equal(got_inv_depth, inv_depth)
-    assert torch.equal(got_poses, poses)
+    # The weights are asserted bit-identical above. Outputs get a float-rounding margin: one full-suite run
+    # (2026-11-22) saw a last-bit difference here that never reproduced in isolation or in a rerun.
+    torch.testing.assert_close(got_inv_depth, inv_depth, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got_poses, poses, rtol=0, atol=1e-6)
 
 
 def test_config_nodes_become_plain_dicts(tmp_path):
@@ -288,7 +290,7 @@ def test_bare_state_dict_needs_explicit_version(tmp_path, weights, reference):
     assert info.supervised is None
     args, inv_depth, _ = reference
     with torch.no_grad():
-        assert torch.equal(model(*args)[0], inv_depth)
+        torch.testing.assert_close(model(*args)[0], inv_depth, rtol=0, atol=1e-6)  # see the test above
 
 
 def test_saved_checkpoint_round_trips_without_allow_list(tmp_path, weights):
