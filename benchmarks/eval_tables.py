@@ -145,12 +145,19 @@ class Config:
     sevenscenes_step: int
 
 
+def shared_file_present(section: Section, path: Path) -> bool:
+    """Whether a ../shared file a section needs exists; if not, the section records why it cannot run."""
+    if path.is_file():
+        return True
+    section.error = f"{path} not found (set DRO_SFM_SHARED)"
+    return False
+
+
 def kitti_section(cfg: Config) -> Section:
     """`eval kitti` on the KITTI tiny sample with its own split file."""
     root = SHARED / "data" / "kitti_tiny"
     section = Section("kitti", "KITTI tiny sample (real images, projected LiDAR)")
-    if not (root / "kitti_tiny.txt").is_file():
-        section.error = f"{root}/kitti_tiny.txt not found (set DRO_SFM_SHARED)"
+    if not shared_file_present(section, root / "kitti_tiny.txt"):
         return section
     out = fresh_dir(cfg.out_dir / "kitti_tiny")
     section.setup = [
@@ -244,8 +251,7 @@ def sevenscenes_section(cfg: Config) -> Section:
     """`reconstruct` on the ../shared 7-Scenes snippet, then `eval 7scenes`."""
     root = SHARED / "data" / "7scenes"
     section = Section("7scenes", "7-Scenes snippet (real images, Kinect depth): whole run")
-    if not (root / "camera-intrinsics.txt").is_file():
-        section.error = f"{root} not found (set DRO_SFM_SHARED)"
+    if not shared_file_present(section, root / "camera-intrinsics.txt"):
         return section
     out = fresh_dir(cfg.out_dir / "sevenscenes")
     run_dir = cfg.work / "run_7scenes"

@@ -27,9 +27,12 @@ def shared_dir() -> Path:
     return require_shared()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_torch_thread():
-    """Tiny convolutions on 2 shared cores run far faster on one thread than on two contended ones."""
+    """One intra-op thread: on shared, busy cores OpenMP's spinning threads slow tiny convolutions 100x.
+
+    Module-scoped so that module fixtures (rendered sequences, reconstructed runs) run under it too.
+    """
     import torch
 
     before = torch.get_num_threads()

@@ -29,13 +29,7 @@ H, W, N_FRAMES = 48, 64, 6
 CONTRACTIVE_DEQ = DeqConfig(forward_solver="anderson", max_steps=40, tol=1e-4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on shared, busy cores OpenMP's spinning threads slow tiny convolutions 100x."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from dro_sfm.models.heads import DepthHead, PoseHead
+
+
+class _FusedPass(NamedTuple):
+    """One pass of the fused GRU: z/r weights on h, all gates' weights on x (and its step-feature part)."""
+
+    W_h: torch.Tensor           # [2hd,hd,k] z and r on the state
+    b_h: torch.Tensor           # [2hd]
+    W_x: torch.Tensor           # [3hd,cin,k] z, r, q on x = cat([context, features])
+    b_x: torch.Tensor           # [3hd] (only q's bias; z/r's sit in b_h)
+    W_x_features: torch.Tensor  # [3hd,hd,k] W_x without the context inputs, contiguous
+    W_qh: torch.Tensor          # [hd,hd,k] q on r*h
+    padding: tuple[int, int]
+    context_dim: int
 
 
 class SepConvGRU(nn.Module):
@@ -26,21 +41,28 @@ class SepConvGRU(nn.Module):
         self.channels_last = False  # fused path only: run the convolutions on NHWC tensors (see DroNet._layout)
         self._fused_cache: tuple | None = None
 
-    def _fused_weights(self) -> list[tuple]:
-        """Per pass: (W_h [2hd,hd,k], b_h, W_x [3hd,cin,k], b_x, W_qh [hd,hd,k], padding), cached per version."""
+    def _fused_weights(self) -> list[_FusedPass]:
+        """The two passes' fused weights (see ``_FusedPass``), cached per parameter version."""
         convs = (self.convz1, self.convr1, self.convq1, self.convz2, self.convr2, self.convq2)
         key = tuple((c.weight._version, c.weight.data_ptr(), c.bias._version) for c in convs)
         if self._fused_cache is not None and self._fused_cache[0] == key:
             return self._fused_cache[1]
         hd = self.convz1.out_channels
+        cd = self.convz1.in_channels - 2 * hd  # x = cat([context, step features]); the features are hd wide
         passes = []
         for cz, cr, cq in ((self.convz1, self.convr1, self.convq1), (self.convz2, self.convr2, self.convq2)):
-            W_h = torch.cat([cz.weight[:, :hd], cr.weight[:, :hd]]).detach()
-            b_h = torch.cat([cz.bias, cr.bias]).detach()
             W_x = torch.cat([cz.weight[:, hd:], cr.weight[:, hd:], cq.weight[:, hd:]]).detach()
-            b_x = torch.cat([torch.zeros_like(cz.bias), torch.zeros_like(cr.bias), cq.bias]).detach()
-            passes.append((W_h, b_h, W_x, b_x, cq.weight[:, :hd].detach(), cz.padding))
-        self._fused_cache = (key, passes, {})
+            passes.append(_FusedPass(
+                W_h=torch.cat([cz.weight[:, :hd], cr.weight[:, :hd]]).detach(),
+                b_h=torch.cat([cz.bias, cr.bias]).detach(),
+                W_x=W_x,
+                b_x=torch.cat([torch.zeros_like(cz.bias), torch.zeros_like(cr.bias), cq.bias]).detach(),
+                W_x_features=W_x[:, cd:].contiguous(),
+                W_qh=cq.weight[:, :hd].detach(),
+                padding=cz.padding,
+                context_dim=cd,
+            ))
+        self._fused_cache = (key, passes)
         return passes
 
     def forward(self, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -61,7 +83,7 @@ class SepConvGRU(nn.Module):
         if self.channels_last:
             # The inputs arrive from concatenations with 1- or 6-channel maps, which fall back to NCHW.
             x = x.contiguous(memory_format=torch.channels_last)
-        x_parts = [F.conv2d(x, W_x, b_x, padding=pad) for _, _, W_x, b_x, _, pad in self._fused_weights()]
+        x_parts = [F.conv2d(x, w.W_x, w.b_x, padding=w.padding) for w in self._fused_weights()]
         return self._fused_passes(h, x_parts)
 
     def context_responses(self, context: torch.Tensor) -> list[torch.Tensor]:
@@ -72,37 +94,26 @@ class SepConvGRU(nn.Module):
         """
         if self.channels_last:
             context = context.contiguous(memory_format=torch.channels_last)
-        cd = context.shape[1]
-        return [F.conv2d(context, W_x[:, :cd], b_x, padding=pad) for _, _, W_x, b_x, _, pad in self._fused_weights()]
+        return [F.conv2d(context, w.W_x[:, :w.context_dim], w.b_x, padding=w.padding) for w in self._fused_weights()]
 
     def forward_with_context(self, h: torch.Tensor, feat: torch.Tensor, responses: list[torch.Tensor]) -> torch.Tensor:
         """Fused step with x = cat([context, feat]) given the context's ``context_responses``: -> [B,hd,h,w]."""
         if self.channels_last:
             feat = feat.contiguous(memory_format=torch.channels_last)
-        cd = self.convz1.in_channels - self.convz1.out_channels - feat.shape[1]
-        x_parts = [r + F.conv2d(feat, self._feature_weight(i, cd), None, padding=p[5])
-                   for i, (r, p) in enumerate(zip(responses, self._fused_weights()))]
+        x_parts = [r + F.conv2d(feat, w.W_x_features, None, padding=w.padding)
+                   for r, w in zip(responses, self._fused_weights())]
         return self._fused_passes(h, x_parts)
-
-    def _feature_weight(self, pass_index: int, cd: int) -> torch.Tensor:
-        """Contiguous copy of the x-weights of pass ``pass_index`` without the first ``cd`` (context) inputs."""
-        passes = self._fused_weights()
-        cache = self._fused_cache
-        key = ("feat", pass_index, cd)
-        if key not in cache[2]:
-            cache[2][key] = passes[pass_index][2][:, cd:].contiguous()
-        return cache[2][key]
 
     def _fused_passes(self, h: torch.Tensor, x_parts: list[torch.Tensor]) -> torch.Tensor:
         """The two gated passes given each pass's input response ``x_parts[i]`` [B,3hd,h,w]."""
         hd = h.shape[1]
         if self.channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
-        for (W_h, b_h, _, _, W_qh, pad), xs in zip(self._fused_weights(), x_parts):
-            hs = F.conv2d(h, W_h, b_h, padding=pad)
+        for w, xs in zip(self._fused_weights(), x_parts):
+            hs = F.conv2d(h, w.W_h, w.b_h, padding=w.padding)
             z = torch.sigmoid(hs[:, :hd] + xs[:, :hd])
             r = torch.sigmoid(hs[:, hd:] + xs[:, hd:2 * hd])
-            q = torch.tanh(F.conv2d(r * h, W_qh, None, padding=pad) + xs[:, 2 * hd:])
+            q = torch.tanh(F.conv2d(r * h, w.W_qh, None, padding=w.padding) + xs[:, 2 * hd:])
             h = (1 - z) * h + z * q
         return h
 

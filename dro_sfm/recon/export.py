@@ -561,9 +561,13 @@ class RunWriter:
 
     def __init__(self, out_dir: str | os.PathLike, *, overwrite: bool = False,
                  options: FusionOptions | None = None):
-        self.options = options or FusionOptions()
-        self.options.validate()
-        self.root = prepare_output_dir(out_dir, overwrite=overwrite)
+        self._init_state(prepare_output_dir(out_dir, overwrite=overwrite), options or FusionOptions())
+
+    def _init_state(self, root: Path, options: FusionOptions) -> None:
+        """An empty writer on the prepared directory ``root``."""
+        options.validate()
+        self.options = options
+        self.root = root
         self.layout = RunLayout(self.root)
         self._records: dict[int, CameraRecord] = {}
         self._size: tuple[int, int] | None = None

@@ -527,16 +527,8 @@ class _PipelineWriter(RunWriter):
         if not resume:
             super().__init__(out_dir, overwrite=overwrite, options=options)
             return
-        # Same state as RunWriter.__init__, minus its refusal to open a directory that holds a run.
-        options.validate()
-        self.options = options
-        self.root = Path(out_dir)
-        self.layout = RunLayout(self.root)
-        self._records: dict[int, CameraRecord] = {}
-        self._size: tuple[int, int] | None = None
-        self._max_depth = 0.0
-        self._has_confidence = True
-        self.timings: dict[str, float] = {}
+        # RunWriter's state without its refusal to open a directory that holds a run.
+        self._init_state(Path(out_dir), options)
 
     def adopt_frame(self, index: int, hw: tuple[int, int], K: np.ndarray, T_world_from_cam: np.ndarray,
                     timestamp: float, source: str, depth: np.ndarray) -> None:
