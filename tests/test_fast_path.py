@@ -61,3 +61,39 @@ def test_training_forward_takes_the_literal_gru(monkeypatch) -> None:
     calls = _spy_gru(monkeypatch)
     net.forward_full(*_inputs(B=2), stages=1, steps_per_stage=1)
     assert not calls["with_context"] and not calls["plain"]
+
+
+@pytest.mark.parametrize("hw", [(1, 1), (3, 5), (6, 7), (7, 7), (8, 9), (30, 40)])
+def test_pose_conv_precompute_equals_the_literal_conv_at_every_size(hw) -> None:
+    """Border classes: sizes below, at and above the 7-tap kernel, rows and columns differing."""
+    from dro_sfm.models.update import ProjectionInputPose
+
+    torch.manual_seed(0)
+    enc = ProjectionInputPose(cost_dim=4, hidden=16, motion_dim=8)
+    pose = torch.randn(3, 6)
+    with torch.no_grad():
+        literal = enc.pose_conv1(pose, hw)
+        enc.fast = True
+        fast = enc.pose_conv1(pose, hw)
+        again = enc.pose_conv1(pose * 2, hw)  # the cached coefficients serve a new pose
+        enc.fast = False
+        literal_again = enc.pose_conv1(pose * 2, hw)
+    assert fast.shape == literal.shape == (3, 16, *hw)
+    torch.testing.assert_close(fast, literal, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(again, literal_again, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("disable", [(), ("per_image_encoding",)])
+def test_per_image_encoding_runs_the_encoders_one_image_at_a_time(monkeypatch, disable) -> None:
+    torch.manual_seed(0)
+    net = DroNet(small_config().with_(fast=True)).eval()
+    net.set_fast(True, disable=disable)
+    batch_sizes: list[int] = []
+    for enc in (net.fnet, net.cnet_depth, net.cnet_pose):
+        enc.register_forward_pre_hook(lambda _m, args: batch_sizes.append(args[0].shape[0]))
+    with torch.no_grad():
+        net.forward_full(*_inputs(B=1), stages=1, steps_per_stage=1)
+    if disable:
+        assert sorted(batch_sizes) == [1, 2, 3]  # cnet_depth on the target, cnet_pose on 2 pairs, fnet on 3
+    else:
+        assert batch_sizes == [1] * 6

@@ -234,7 +234,7 @@ def deq_forward(
     B, N = target.shape[0], len(refs)
 
     if features is None:
-        fmap_all = net.fnet(torch.cat([target, *refs], dim=0))
+        fmap_all = net._run_encoder(net.fnet, [target, *refs])
         fmap_tgt, *fmaps_ref = torch.split(fmap_all, B, dim=0)
         context_depth_raw = None
     else:
@@ -260,9 +260,10 @@ def deq_forward(
         return DroOutput(inv_preds, pose_preds, DroState(d0, p0), torch.zeros(0), extras=extras)
 
     if context_depth_raw is None:
-        context_depth_raw = net.cnet_depth(target)
+        context_depth_raw = net._run_encoder(net.cnet_depth, [target])
     h_d0, c_d = net._split_context(context_depth_raw)
-    pose_ctx_raw = torch.stack(net.cnet_pose([torch.cat([target, r], dim=1) for r in refs]), dim=1)
+    pairs = net._run_encoder(net.cnet_pose, [torch.cat([target, r], dim=1) for r in refs])
+    pose_ctx_raw = torch.stack(pairs.split(B, dim=0), dim=1)
     h_p0, c_p = net._split_context(pose_ctx_raw.flatten(0, 1))
     h_p0 = h_p0.view(B, N, *h_p0.shape[1:])
     if init is not None and init.h_depth is not None:

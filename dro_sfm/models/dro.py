@@ -23,7 +23,7 @@ FEATURE_STRIDE = 8
 # The optimisations of the fast path (none changes results beyond float rounding; see tests/test_parity.py).
 FAST_PARTS = (
     "mask_last_only", "cached_geometry", "batched_pose_refs", "pose_conv_precompute", "fused_gru", "channels_last",
-    "context_precompute",
+    "context_precompute", "per_image_encoding",
 )
 
 
@@ -153,10 +153,21 @@ class DroNet(nn.Module):
             return gru.context_responses(context)
         return None
 
+    def _run_encoder(self, encoder: nn.Module, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """``encoder`` over inputs N×[B,C,H,W] as one batch -> [N·B,c,H/8,W/8] (input i at rows i·B...).
+
+        In eval mode without autograd the inputs run one at a time: BatchNorm then uses its running
+        statistics, so each output is the same, and the peak activation memory is one input's (the
+        full-resolution stem activations of a whole batch are the largest tensors of a forward).
+        """
+        if self._opt("per_image_encoding") and not self.training and not torch.is_grad_enabled():
+            return torch.cat([encoder(self._layout(x)) for x in inputs], dim=0)
+        return encoder(self._layout(torch.cat(inputs, dim=0)))
+
     def encode(self, images: torch.Tensor) -> Features:
         """Per-image features of images [B,3,H,W]: fnet map and the depth context (eval-mode reuse)."""
-        images = self._layout(images)
-        return Features(self.fnet(images), self.cnet_depth(images))
+        per_image = list(images.split(1, dim=0))
+        return Features(self._run_encoder(self.fnet, per_image), self._run_encoder(self.cnet_depth, per_image))
 
     def _split_context(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hd = self.config.hidden_dim
@@ -203,7 +214,6 @@ class DroNet(nn.Module):
 
             return deq_forward(self, target, refs, K, stages, steps_per_stage, init, features, return_cost_map)
         self.check_inputs(target, refs, K)
-        target, refs = self._layout(target), [self._layout(r) for r in refs]
         stages = cfg.stages if stages is None else stages
         n_steps = cfg.steps_per_stage if steps_per_stage is None else steps_per_stage
         fast = self._opt("mask_last_only")
@@ -214,7 +224,7 @@ class DroNet(nn.Module):
 
         # Features: fnet over [target; refs] as one batch (train-mode BatchNorm sees them together).
         if features is None:
-            fmap_all = self.fnet(torch.cat([target, *refs], dim=0))
+            fmap_all = self._run_encoder(self.fnet, [target, *refs])
             self._emit("fnet", fmap_all)
             fmap_tgt, *fmaps_ref = torch.split(fmap_all, B, dim=0)
             context_depth_raw = None
@@ -242,10 +252,11 @@ class DroNet(nn.Module):
         step_costs: list[torch.Tensor] = []
         if stages > 0:
             if context_depth_raw is None:
-                context_depth_raw = self.cnet_depth(target)
+                context_depth_raw = self._run_encoder(self.cnet_depth, [target])
             self._emit("cnet_depth", context_depth_raw)
             h_d, c_d = self._split_context(context_depth_raw)
-            pose_ctx_raw = torch.stack(self.cnet_pose([torch.cat([target, r], dim=1) for r in refs]), dim=1)
+            pairs = self._run_encoder(self.cnet_pose, [torch.cat([target, r], dim=1) for r in refs])
+            pose_ctx_raw = torch.stack(pairs.split(B, dim=0), dim=1)
             self._emit("cnet_pose", pose_ctx_raw.transpose(0, 1))
             h_p, c_p = self._split_context(pose_ctx_raw.flatten(0, 1))  # [B·N,...], row b·N + i
             if init is not None and init.h_depth is not None:
@@ -254,6 +265,13 @@ class DroNet(nn.Module):
                 h_p = init.h_pose.flatten(0, 1)
             ctx_d = self._context_responses(self.update_block_depth.depth_gru, c_d)
             ctx_p = self._context_responses(self.update_block_pose.pose_gru, c_p)
+            # Held through the whole solve otherwise: the raw contexts always, the contexts themselves once
+            # their responses are precomputed (at 320x960 with 2 references together ~20 MB).
+            del context_depth_raw, pose_ctx_raw, pairs
+            if ctx_d is not None:
+                c_d = None
+            if ctx_p is not None and self._opt("batched_pose_refs"):
+                c_p = None
 
         for stage in range(stages):
             d = d.detach()

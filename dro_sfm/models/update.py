@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -12,16 +13,19 @@ from dro_sfm.models.heads import DepthHead, PoseHead
 
 
 class _FusedPass(NamedTuple):
-    """One pass of the fused GRU: z/r weights on h, all gates' weights on x (and its step-feature part)."""
+    """One pass of the fused GRU, each weight contiguous and stored once (together one copy of the pass).
+
+    x = cat([context, step features]); the context part of x's weights is used once per solve (see
+    ``SepConvGRU.context_responses``), the features part at every step.
+    """
 
     W_h: torch.Tensor           # [2hd,hd,k] z and r on the state
     b_h: torch.Tensor           # [2hd]
-    W_x: torch.Tensor           # [3hd,cin,k] z, r, q on x = cat([context, features])
+    W_x_context: torch.Tensor   # [3hd,cd,k] z, r, q on the context channels of x
+    W_x_features: torch.Tensor  # [3hd,cin-cd,k] z, r, q on the step-feature channels of x
     b_x: torch.Tensor           # [3hd] (only q's bias; z/r's sit in b_h)
-    W_x_features: torch.Tensor  # [3hd,hd,k] W_x without the context inputs, contiguous
     W_qh: torch.Tensor          # [hd,hd,k] q on r*h
     padding: tuple[int, int]
-    context_dim: int
 
 
 class SepConvGRU(nn.Module):
@@ -55,13 +59,13 @@ class SepConvGRU(nn.Module):
             passes.append(_FusedPass(
                 W_h=torch.cat([cz.weight[:, :hd], cr.weight[:, :hd]]).detach(),
                 b_h=torch.cat([cz.bias, cr.bias]).detach(),
-                W_x=W_x,
-                b_x=torch.cat([torch.zeros_like(cz.bias), torch.zeros_like(cr.bias), cq.bias]).detach(),
+                W_x_context=W_x[:, :cd].contiguous(),
                 W_x_features=W_x[:, cd:].contiguous(),
-                W_qh=cq.weight[:, :hd].detach(),
+                b_x=torch.cat([torch.zeros_like(cz.bias), torch.zeros_like(cr.bias), cq.bias]).detach(),
+                W_qh=cq.weight[:, :hd].detach().contiguous(),
                 padding=cz.padding,
-                context_dim=cd,
             ))
+            del W_x
         self._fused_cache = (key, passes)
         return passes
 
@@ -83,8 +87,9 @@ class SepConvGRU(nn.Module):
         if self.channels_last:
             # The inputs arrive from concatenations with 1- or 6-channel maps, which fall back to NCHW.
             x = x.contiguous(memory_format=torch.channels_last)
-        x_parts = [F.conv2d(x, w.W_x, w.b_x, padding=w.padding) for w in self._fused_weights()]
-        return self._fused_passes(h, x_parts)
+        # Only the ablation without context precompute comes here: x's full weight is assembled per call.
+        return self._fused_passes(h, lambda w, _: F.conv2d(
+            x, torch.cat([w.W_x_context, w.W_x_features], dim=1), w.b_x, padding=w.padding))
 
     def context_responses(self, context: torch.Tensor) -> list[torch.Tensor]:
         """Per pass, the gates' response [B,3hd,h,w] to the context channels (first in x), biases included.
@@ -94,27 +99,33 @@ class SepConvGRU(nn.Module):
         """
         if self.channels_last:
             context = context.contiguous(memory_format=torch.channels_last)
-        return [F.conv2d(context, w.W_x[:, :w.context_dim], w.b_x, padding=w.padding) for w in self._fused_weights()]
+        return [F.conv2d(context, w.W_x_context, w.b_x, padding=w.padding) for w in self._fused_weights()]
 
     def forward_with_context(self, h: torch.Tensor, feat: torch.Tensor, responses: list[torch.Tensor]) -> torch.Tensor:
         """Fused step with x = cat([context, feat]) given the context's ``context_responses``: -> [B,hd,h,w]."""
         if self.channels_last:
             feat = feat.contiguous(memory_format=torch.channels_last)
-        x_parts = [r + F.conv2d(feat, w.W_x_features, None, padding=w.padding)
-                   for r, w in zip(responses, self._fused_weights())]
-        return self._fused_passes(h, x_parts)
+        return self._fused_passes(h, lambda w, i: F.conv2d(feat, w.W_x_features, None, padding=w.padding)
+                                  .add_(responses[i]))
 
-    def _fused_passes(self, h: torch.Tensor, x_parts: list[torch.Tensor]) -> torch.Tensor:
-        """The two gated passes given each pass's input response ``x_parts[i]`` [B,3hd,h,w]."""
+    def _fused_passes(self, h: torch.Tensor,
+                      x_part: Callable[[_FusedPass, int], torch.Tensor]) -> torch.Tensor:
+        """The two gated passes; ``x_part(weights, i)`` gives pass i's response [B,3hd,h,w] to the input x.
+
+        Each pass works in two fresh buffers (the h-convolutions' outputs) updated in place, so its working
+        memory is 3hd channels plus the input response, not the dozen temporaries of the literal formulas.
+        The operations and their order are those of the literal GRU, so the results are the same bits.
+        """
         hd = h.shape[1]
         if self.channels_last:
             h = h.contiguous(memory_format=torch.channels_last)
-        for w, xs in zip(self._fused_weights(), x_parts):
-            hs = F.conv2d(h, w.W_h, w.b_h, padding=w.padding)
-            z = torch.sigmoid(hs[:, :hd] + xs[:, :hd])
-            r = torch.sigmoid(hs[:, hd:] + xs[:, hd:2 * hd])
-            q = torch.tanh(F.conv2d(r * h, w.W_qh, None, padding=w.padding) + xs[:, 2 * hd:])
-            h = (1 - z) * h + z * q
+        for i, w in enumerate(self._fused_weights()):
+            xs = x_part(w, i)
+            zr = F.conv2d(h, w.W_h, w.b_h, padding=w.padding).add_(xs[:, :2 * hd]).sigmoid_()
+            z, r = zr[:, :hd], zr[:, hd:]
+            q = F.conv2d(r.mul_(h), w.W_qh, None, padding=w.padding).add_(xs[:, 2 * hd:]).tanh_()
+            del xs, r
+            h = q.mul_(z).add_(z.neg_().add_(1).mul_(h))  # z*q + (1-z)*h
         return h
 
 
@@ -157,37 +168,50 @@ class ProjectionInputPose(CostEncoder):
         self.convp2 = nn.Conv2d(hidden, motion_dim, 3, padding=1)
         self.convp = nn.Conv2d(hidden + motion_dim, hidden - 6, 3, padding=1)
         self.fast = False
-        self._unit_responses: dict[tuple, torch.Tensor] = {}
+        self._unit_responses: dict[tuple, tuple[torch.Tensor, ...]] = {}
 
     def pose_conv1(self, pose: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
         """convp1 applied to the pose broadcast to a constant map: pose [B,6] -> [B,hd,h,w].
 
         A 7×7 zero-padded conv of a constant map is, at every pixel, a linear function of the 6 pose values
-        whose coefficients depend only on how many taps fall inside the image. The fast path precomputes
-        those coefficients once per resolution, which is exact up to float rounding (borders included).
-        It is used only without autograd: in training the recurrence amplifies the different summation
-        order to ~1e-5 in some gradients, and the literal conv costs no more there.
+        whose coefficients depend only on which taps fall inside the image: all of them more than 3 pixels
+        from every border, so there are at most 7 distinct rows × 7 distinct columns. The fast path
+        precomputes those 7×7 coefficient sets once per resolution and expands them, which is exact up to
+        float rounding (borders included). It is used only without autograd: in training the recurrence
+        amplifies the different summation order to ~1e-5 in some gradients, and the literal conv costs no
+        more there.
         """
         B = pose.shape[0]
         if not self.fast or torch.is_grad_enabled():
             return self.convp1(pose.view(B, 6, 1, 1).expand(B, 6, *hw).contiguous())
-        resp = self._unit_response(hw, pose)
-        return torch.einsum("bc,ochw->bohw", pose, resp) + self.convp1.bias.view(1, -1, 1, 1)
+        resp, rows, cols = self._unit_response(hw, pose)
+        small = torch.einsum("bc,ochw->bohw", pose, resp) + self.convp1.bias.view(1, -1, 1, 1)
+        return small.index_select(2, rows).index_select(3, cols)
 
-    def _unit_response(self, hw: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-        """Response [hd,6,h,w] of convp1 (without bias) to a unit constant map in each input channel."""
+    @staticmethod
+    def _border_classes(n: int, pad: int = 3) -> torch.Tensor:
+        """Index [n] of each row (or column) into the distinct tap sets of a (2·pad+1)-tap zero-padded conv."""
+        if n <= 2 * pad + 1:
+            return torch.arange(n)
+        return torch.cat([torch.arange(pad), torch.full((n - 2 * pad,), pad), torch.arange(pad + 1, 2 * pad + 1)])
+
+    def _unit_response(self, hw: tuple[int, int], like: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """convp1's response (no bias) to a unit constant map in each input channel, per border class:
+        [hd,6,hc,wc] with hc, wc <= 7, and the row [h] and column [w] indices that expand it to h×w."""
         w = self.convp1.weight
         key = (hw, like.device, like.dtype, w._version, w.data_ptr())
         cached = self._unit_responses.get(key)
         if cached is not None:
             return cached
-        ones = torch.ones(1, 1, *hw, dtype=w.dtype, device=w.device)
+        rows, cols = self._border_classes(hw[0]).to(w.device), self._border_classes(hw[1]).to(w.device)
+        # The classes are the tap sets of a min(n,7)-long canvas: row i of it stands for rows[j] == i.
+        ones = torch.ones(1, 1, min(hw[0], 7), min(hw[1], 7), dtype=w.dtype, device=w.device)
         # One grouped conv computes all 6 single-channel responses: out[o, c] = conv(ones, w[o, c]).
-        per_channel = F.conv2d(ones.expand(1, 6, *hw), w.transpose(0, 1).reshape(6 * w.shape[0], 1, 7, 7),
-                               padding=3, groups=6)
-        resp = per_channel.view(6, w.shape[0], *hw).transpose(0, 1)
-        self._unit_responses = {key: resp}
-        return resp
+        per_channel = F.conv2d(ones.expand(1, 6, *ones.shape[2:]),
+                               w.transpose(0, 1).reshape(6 * w.shape[0], 1, 7, 7), padding=3, groups=6)
+        resp = per_channel.view(6, w.shape[0], *ones.shape[2:]).transpose(0, 1)
+        self._unit_responses = {key: (resp, rows, cols)}
+        return resp, rows, cols
 
     def forward(self, pose: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
         """pose [B,6], cost [B,C,h,w] -> [B,hd,h,w]."""
