@@ -83,7 +83,7 @@ def worker(spec: dict) -> dict:
         cfg = base.with_(stages=0)
     else:
         cfg = base.with_(stages=3, steps_per_stage=n // 3)
-    net = DroNet(cfg)
+    net = DroNet(cfg.with_(recompute_activations=spec["recompute"]))
     H, W = spec["height"], spec["width"]
     g = torch.Generator().manual_seed(1)
     target = torch.rand(1, 3, H, W, generator=g)
@@ -95,6 +95,8 @@ def worker(spec: dict) -> dict:
         net.eval()
         net.forward_full(target, refs, K)
     net.train()
+    if spec["freeze_bn"]:
+        net.freeze_batchnorm()
     opt = torch.optim.SGD(net.parameters(), lr=1e-5)
     baseline = _rss_mib()
     exact_peak = _reset_peak()
@@ -279,6 +281,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--iterations", type=int, nargs="+", default=list(ITERATIONS))
     ap.add_argument("--quick", action="store_true", help="one timed step per measurement")
+    ap.add_argument("--train-bn", action="store_true",
+                    help="BatchNorm in train mode (default: frozen, as the shipped training configs run)")
+    ap.add_argument("--recompute", action="store_true",
+                    help="both modes recompute activations in backward (model option recompute_activations)")
     ap.add_argument("--json", help="also write the raw numbers here")
     video = ap.add_argument_group("video benchmark (--video)")
     video.add_argument("--video", action="store_true", help="reconstruct a synthetic video: unrolled vs DEQ")
@@ -298,19 +304,23 @@ def main() -> None:
     repeats = 1 if args.quick else args.repeats
     rows = []
     floor = dict(mode="heads", iters=0, preset=args.preset, height=args.height, width=args.width,
-                 grad=args.grad, n_states=args.n_states, repeats=repeats, threads=args.threads)
+                 grad=args.grad, n_states=args.n_states, repeats=repeats, threads=args.threads,
+                 freeze_bn=not args.train_bn, recompute=args.recompute)
     rows.append({**floor, **run_subprocess(floor)})
     for n in args.iterations:
         for mode in ("unrolled", "deq"):  # interleaved so that machine noise hits both alike
             spec = dict(mode=mode, iters=n, preset=args.preset, height=args.height, width=args.width,
-                        grad=args.grad, n_states=args.n_states, repeats=repeats, threads=args.threads)
+                        grad=args.grad, n_states=args.n_states, repeats=repeats, threads=args.threads,
+                 freeze_bn=not args.train_bn, recompute=args.recompute)
             res = run_subprocess(spec)
             rows.append({**spec, **res})
             print(f"  {mode:8s} {n:3d} it: {res['activation_mib']:8.1f} MiB  {res['step_s']:7.2f} s",
                   file=sys.stderr)
     ref = {r["mode"]: r for r in rows if r["iters"] == min(args.iterations)}
     print(f"\nTraining step, {args.preset} preset, {args.height}x{args.width}, batch 1, 2 references, "
-          f"{args.threads} thread(s); DEQ: anderson, {args.grad} gradient, n_states {args.n_states}\n")
+          f"{args.threads} thread(s); DEQ: anderson, {args.grad} gradient, n_states {args.n_states}; BatchNorm "
+          f"{'train mode' if args.train_bn else 'frozen'}; recomputed activations "
+          f"{'on' if args.recompute else 'off'} (both modes)\n")
     print("| mode | iterations | activation MiB | × unrolled-" + str(min(args.iterations)) + " | step s |")
     print("|---|---:|---:|---:|---:|")
     for r in rows:

@@ -100,9 +100,7 @@ def contractive_net(dtype=torch.float64, seed: int = 0) -> DroNet:
 def bn_eval(net: DroNet) -> DroNet:
     """Train mode with BatchNorm on running statistics (deterministic, as the parity tests do)."""
     net.train()
-    for m in net.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.eval()
+    net.freeze_batchnorm()
     return net
 
 
@@ -337,6 +335,52 @@ def test_train_mode_output_feeds_the_supervised_loss() -> None:
     # the official train-mode interface works as well
     inv, pose = net(target, refs, K)
     assert len(inv) == 4 and pose.shape == (2, 2, 4, 6)
+
+
+def _training_grads(net: DroNet) -> tuple[torch.Tensor, dict[str, torch.Tensor], int]:
+    """Supervised loss of one training forward, every parameter's gradient, and the elements autograd saved."""
+    target, refs, K = inputs()
+    saved = [0]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved[0] += t.numel()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = net.forward_full(target, refs, K)
+    mats = euler_vec_to_matrix(torch.stack(out.poses, dim=2))
+    per_pred = [[mats[:, v, k] for v in range(2)] for k in range(mats.shape[2])]
+    gt = [euler_vec_to_matrix(torch.tensor([[0.1, 0, 0, 0, 0.02, 0]] * 2)) for _ in range(2)]
+    depth = torch.full((2, 1, H, W), 2.0)
+    loss = supervised_loss(out.inv_depths, per_pred, depth, gt, K, 0.2, 10.0).total
+    net.zero_grad(set_to_none=True)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}, saved[0]
+
+
+@pytest.mark.parametrize("solver", ["unrolled", "deq"])
+def test_recomputed_activations_give_the_same_loss_and_gradients(solver: str) -> None:
+    """recompute_activations trades memory for a second forward in backward; the gradients are unchanged."""
+    torch.manual_seed(0)
+    net = bn_eval(DroNet(tiny_config(stages=2, steps_per_stage=2)))
+    if solver == "deq":
+        use_deq(net, forward_solver="anderson", max_steps=6, n_states=2)
+    loss, grads, saved = _training_grads(net)
+    net.config = net.config.with_(recompute_activations=True)
+    loss_rc, grads_rc, saved_rc = _training_grads(net)
+    # Not kept: the encoders' activations, and in DEQ mode those of its gradient steps too (all that is left).
+    assert saved_rc < (0.8 if solver == "unrolled" else 0.5) * saved, (saved_rc, saved)
+    assert grads.keys() == grads_rc.keys() and len(grads) > 20
+    # The recomputation replays the same operations on the same thread: the same values up to rounding.
+    torch.testing.assert_close(loss_rc, loss, rtol=1e-6, atol=1e-7)
+    for name in grads:
+        torch.testing.assert_close(grads_rc[name], grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_recomputed_activations_refuse_train_mode_batchnorm() -> None:
+    net = DroNet(tiny_config(recompute_activations=True)).train()
+    with pytest.raises(ConfigError, match="freeze_bn"):
+        net.forward_full(*inputs(), stages=1, steps_per_stage=1)
 
 
 def test_trainer_overfits_one_batch_in_deq_mode(tmp_path) -> None:

@@ -87,6 +87,7 @@ class DroConfig:
     with_unused_cnet: bool = True    # official checkpoints carry a never-used `cnet` encoder
     solver: Literal["unrolled", "deq"] = "unrolled"
     fast: bool = True                # optimised path; False runs the literal spec path
+    recompute_activations: bool = False  # training memory: recompute encoders (and DEQ f steps) in backward
     deq: DeqConfig = field(default_factory=DeqConfig)  # used only with solver == "deq"
 
     def __post_init__(self) -> None:

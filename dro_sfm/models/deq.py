@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torchdeq import get_deq
 
 from dro_sfm.geometry.camera import camera_rays, project_to_grid, scale_intrinsics_feature, transform_points
@@ -135,8 +136,8 @@ class UpdateMap:
 class _SolverFunction:
     """The function handed to torchdeq: scaled state -> scaled f(state); records the solver's evaluations."""
 
-    def __init__(self, update: UpdateMap, codec: _StateCodec) -> None:
-        self.update, self.codec = update, codec
+    def __init__(self, update: UpdateMap, codec: _StateCodec, recompute: bool = False) -> None:
+        self.update, self.codec, self.recompute = update, codec, recompute
         self.recording = False
         self.rel: list[torch.Tensor] = []
         self.abs: list[torch.Tensor] = []
@@ -144,11 +145,20 @@ class _SolverFunction:
         self.costs: list[torch.Tensor] = []
 
     def __call__(self, *scaled: torch.Tensor) -> list[torch.Tensor]:
-        *new, c_depth = self.update(*self.codec.decode(scaled))
-        out = self.codec.encode(new)
+        if self.recompute and torch.is_grad_enabled():
+            # A gradient step (phantom or IFT) keeps only its inputs and outputs; its internals are recomputed
+            # in backward, so the n_states supervised steps never hold their activations at the same time.
+            *out, c_depth = torch.utils.checkpoint.checkpoint(self._apply, *scaled, use_reentrant=False)
+        else:
+            *out, c_depth = self._apply(*scaled)
         if self.recording:
             self._record(scaled, out, c_depth)
         return out
+
+    def _apply(self, *scaled: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Scaled state blocks -> (scaled f(state) blocks..., depth cost [B,C,h,w])."""
+        *new, c_depth = self.update(*self.codec.decode(scaled))
+        return (*self.codec.encode(new), c_depth)
 
     @torch.no_grad()
     def _record(self, z: Sequence[torch.Tensor], fz: Sequence[torch.Tensor], c_depth: torch.Tensor) -> None:
@@ -274,7 +284,7 @@ def deq_forward(
     z0 = [t.detach() for t in (d0, p0, h_d0, h_p0)]
 
     codec = _StateCodec(z0)
-    func = _SolverFunction(UpdateMap(net, cost, c_d, c_p, dcfg.coupling), codec)
+    func = _SolverFunction(UpdateMap(net, cost, c_d, c_p, dcfg.coupling), codec, cfg.recompute_activations)
     solver = dcfg.forward_solver
     if solver == "anderson" and budget < 3:
         # Anderson evaluates f twice before it can mix and would return z0 unchanged with fewer steps.

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.utils.checkpoint
 
-from dro_sfm.errors import InputError
+from dro_sfm.errors import ConfigError, InputError
 from dro_sfm.geometry.camera import scale_intrinsics_feature
 from dro_sfm.geometry.pose import euler_vec_to_matrix
 from dro_sfm.geometry.warp import disp_to_depth, inv2depth
@@ -119,6 +120,12 @@ class DroNet(nn.Module):
         nhwc = fast and "channels_last" not in disable
         self.update_block_depth.depth_gru.channels_last = self.update_block_pose.pose_gru.channels_last = nhwc
 
+    def freeze_batchnorm(self) -> None:
+        """Every BatchNorm uses (and keeps) its running statistics, also while the rest is in train mode."""
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+
     def release_unused_encoder(self) -> None:
         """Free the never-run ``cnet`` encoder (official checkpoints carry it; inference does not need it)."""
         if hasattr(self, "cnet"):
@@ -162,7 +169,23 @@ class DroNet(nn.Module):
         """
         if self._opt("per_image_encoding") and not self.training and not torch.is_grad_enabled():
             return torch.cat([encoder(self._layout(x)) for x in inputs], dim=0)
-        return encoder(self._layout(torch.cat(inputs, dim=0)))
+        batch = self._layout(torch.cat(inputs, dim=0))
+        if self.config.recompute_activations and torch.is_grad_enabled():
+            return self._checkpointed(encoder, batch)
+        return encoder(batch)
+
+    @staticmethod
+    def _checkpointed(encoder: nn.Module, batch: torch.Tensor) -> torch.Tensor:
+        """``encoder(batch)`` keeping only its input and output for backward; the rest is recomputed there.
+
+        The encoders' full-resolution activations are the part of a training step's memory that does not
+        depend on the iteration count (the floor under DEQ's flat memory). Recomputing a train-mode
+        BatchNorm would update its running statistics twice, so this needs frozen BatchNorm.
+        """
+        if any(m.training for m in encoder.modules() if isinstance(m, nn.BatchNorm2d)):
+            raise ConfigError("recompute_activations needs frozen BatchNorm (optim.freeze_bn: true in the training "
+                              "config): recomputing train-mode BatchNorm would update its statistics twice")
+        return torch.utils.checkpoint.checkpoint(encoder, batch, use_reentrant=False)
 
     def encode(self, images: torch.Tensor) -> Features:
         """Per-image features of images [B,3,H,W]: fnet map and the depth context (eval-mode reuse)."""

@@ -202,9 +202,7 @@ class Trainer:
         """One optimisation step on ``batch``."""
         self.net.train()
         if self.cfg.optim.freeze_bn:
-            for m in self.net.modules():
-                if isinstance(m, torch.nn.BatchNorm2d):
-                    m.eval()
+            self.net.freeze_batchnorm()
         self.optimizer.zero_grad(set_to_none=True)
         with torch.autocast("cuda", enabled=self.scaler.is_enabled()):
             loss, terms, extra = self.compute_loss(batch)
