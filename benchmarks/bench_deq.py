@@ -148,20 +148,26 @@ def video_runs(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     frames = list(render_sequence("indoor", args.frames, args.height, args.width, seed=args.seed))
     render_s = time.perf_counter() - t0
     model = load_model(args.weights, "cpu")
+    deq_model = load_model(args.deq_weights, "cpu") if args.deq_weights else model
     cfg = model.net.config
-    settings: list[tuple[str, dict]] = [(f"unrolled {cfg.stages}x{cfg.steps_per_stage}", {})]
-    for tol in args.deq_tols:
-        deq = cfg.deq.__class__(**{**cfg.deq.__dict__, "tol": tol, "max_steps": args.deq_max_steps})
-        settings.append((f"DEQ warm, tol {tol:g}", {"solver": "deq", "deq": deq, "warm_start": True}))
-        settings.append((f"DEQ cold, tol {tol:g}", {"solver": "deq", "deq": deq, "warm_start": False}))
+    dcfg = deq_model.net.config.deq
+    tag = f" [{args.deq_weights}]" if args.deq_weights else ""
+    settings: list[tuple[str, object, dict]] = [(f"unrolled {cfg.stages}x{cfg.steps_per_stage}", model, {})]
+    for budget in args.deq_max_steps:
+        for tol in args.deq_tols:
+            deq = dcfg.__class__(**{**dcfg.__dict__, "tol": tol, "max_steps": budget})
+            name = f"tol {tol:g}, budget {budget}{tag}"
+            settings.append((f"DEQ warm, {name}", deq_model, {"solver": "deq", "deq": deq, "warm_start": True}))
+            if not args.no_cold:
+                settings.append((f"DEQ cold, {name}", deq_model, {"solver": "deq", "deq": deq, "warm_start": False}))
     options = ReconstructOptions(weights=args.weights, height=args.height, width=args.width, min_motion=0.0,
                                  overwrite=True, fusion="none")
     rows = []
     with tempfile.TemporaryDirectory(prefix="dro_sfm_deq_video_") as tmp:
         # Warm-up (first calls allocate and pick kernels) on three frames, not timed.
         reconstruct(frames[:3], Path(tmp) / "warmup", options, predictor=DroPredictor(model), progress=False)
-        for label, kwargs in settings:
-            result = reconstruct(frames, Path(tmp) / "run", options, predictor=DroPredictor(model, **kwargs),
+        for label, net_model, kwargs in settings:
+            result = reconstruct(frames, Path(tmp) / "run", options, predictor=DroPredictor(net_model, **kwargs),
                                  progress=False)
             s, m, t = result.solver, result.metrics, result.timings
             row = {
@@ -181,8 +187,9 @@ def video_runs(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     setup = {
         "frames": args.frames, "height": args.height, "width": args.width, "seed": args.seed,
         "weights": args.weights, "model": model.info.name, "trained": model.info.trained,
-        "model_notes": model.info.notes, "deq_solver": cfg.deq.forward_solver, "deq_max_steps": args.deq_max_steps,
-        "stop_mode": cfg.deq.stop_mode, "threads": args.threads, "render_seconds": render_s,
+        "model_notes": model.info.notes, "deq_weights": args.deq_weights or args.weights,
+        "deq_solver": dcfg.forward_solver, "deq_max_steps": args.deq_max_steps, "stop_mode": dcfg.stop_mode,
+        "threads": args.threads, "render_seconds": render_s,
         "path_length_m": _path_length(frames),
         "machine": f"{platform.machine()}, {platform.python_version()}, torch {torch.__version__}",
     }
@@ -232,15 +239,15 @@ def video_report(setup: dict, rows: list[dict], command: str) -> str:
         "frame a keyframe, 2 references per "
         f"window, fusion off. Weights: `{setup['weights']}` = {setup['model']}"
         + (f" (training step {step})" if step is not None else "") + ". "
-        f"DEQ: {setup['deq_solver']}, `{setup['stop_mode']}` residual, budget {setup['deq_max_steps']} steps. "
+        f"DEQ: {setup['deq_solver']}, `{setup['stop_mode']}` residual, budgets {setup['deq_max_steps']} steps. "
         f"{setup['threads']} torch thread(s); {setup['machine']}.",
         "",
         video_table(setup, rows),
         "",
-        "* **No DEQ-trained model exists yet.** These weights are an early, weak checkpoint trained only in the "
-        "unrolled mode; DEQ runs them as they are (the same weights serve both modes, docs/deq.md). Their update "
-        "does not settle to a tight fixed point, so the DEQ rows measure how far an unrolled-trained model's "
-        "iteration settles, not what a DEQ-trained model would do.",
+        (f"* DEQ rows use `{setup['deq_weights']}`, unrolled rows `{setup['weights']}` (the same weights serve both "
+         "modes, docs/deq.md)." if setup["deq_weights"] != setup["weights"] else
+         "* Every row uses the same weights; if they were trained in the unrolled mode only, the DEQ rows measure how "
+         "far that model's iteration settles, not what a DEQ-trained model would do."),
         "* Warm: each window starts from the previous window's solution re-projected to its target, but only "
         "when that solve converged (otherwise cold: carrying a non-fixed-point state over compounds its error "
         "along the video). Cold: every window starts from the initial heads.",
@@ -292,7 +299,9 @@ def main() -> None:
     video.add_argument("--seed", type=int, default=0)
     video.add_argument("--weights", default="default")
     video.add_argument("--deq-tols", type=float, nargs="+", default=list(VIDEO_DEQ_TOLS))
-    video.add_argument("--deq-max-steps", type=int, default=24)
+    video.add_argument("--deq-max-steps", type=int, nargs="+", default=[24], help="DEQ step budgets to run")
+    video.add_argument("--deq-weights", help="weights of the DEQ rows (default: --weights), e.g. default-deq")
+    video.add_argument("--no-cold", action="store_true", help="skip the cold-start DEQ rows")
     video.add_argument("--out", help="write the Markdown report here")
     args = ap.parse_args()
     if args.video:

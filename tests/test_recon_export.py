@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass
@@ -30,8 +31,18 @@ from dro_sfm.recon.export import (
     tum_lines,
     write_colmap_text,
 )
-from dro_sfm.recon.fusion import FusionOptions, VoxelCloud, fuse_run
-from dro_sfm.recon.run_dir import CameraRecord, RunCameras, RunRecord, load_cameras
+from dro_sfm.recon.fusion import (
+    FusionOptions,
+    TsdfFusion,
+    VoxelCloud,
+    count_tsdf_blocks,
+    fuse_run,
+    pack_keys,
+    resolve,
+    scan_depth_stats,
+    valid_mask,
+)
+from dro_sfm.recon.run_dir import CameraRecord, RunCameras, RunRecord, load_cameras, read_frame
 
 WALL_Z = 4.1  # fronto-parallel wall (off the 0.25 m checker grid so its colour is stable)
 FLOOR_Y = 1.05  # floor (y points down)
@@ -453,6 +464,77 @@ def test_voxel_cloud_equals_one_shot_downsampling():
     order = np.lexsort(mean.T)
     np.testing.assert_allclose(acc.points()[np.lexsort(acc.points().T)], mean[order], atol=1e-12)
     assert acc.counts().sum() == 3000
+
+
+def _fuse_tsdf(root: Path, tsdf: TsdfFusion, conf_threshold: float) -> None:
+    """Integrate every frame of a run directory the way ``fuse_run`` does."""
+    cameras = load_cameras(root)
+    for rec in cameras.frames:
+        frame = read_frame(root, cameras, rec)
+        mask = valid_mask(frame.depth, frame.confidence, conf_threshold, tsdf.depth_max)
+        tsdf.integrate(np.where(mask, frame.depth, 0.0).astype(np.float32), frame.image, rec.K, rec.T_world_from_cam)
+
+
+def test_presized_compact_tsdf_gives_the_mesh_of_a_growing_one(run_dir):
+    out, _ = run_dir
+    cameras = load_cameras(out)
+    options = run_fusion_options(cameras)
+    params = resolve(options, scan_depth_stats(out, cameras, options.conf_threshold), len(cameras.frames))
+    total, largest = count_tsdf_blocks(out, cameras, params)
+    assert 0 < largest <= total
+    # The old way: float32 attributes, a small map that doubles as blocks arrive.
+    growing = TsdfFusion(params.voxel_size, params.depth_max, params.trunc_voxels, block_count=16)
+    sized = TsdfFusion(params.voxel_size, params.depth_max, params.trunc_voxels, block_count=total + largest,
+                       max_frames=len(cameras.frames))
+    assert sized.compact and not growing.compact
+    for tsdf in (growing, sized):
+        _fuse_tsdf(out, tsdf, params.conf_threshold)
+    assert growing.capacity > 16  # it did rehash
+    assert sized.capacity == total + largest  # it never did
+    assert growing.blocks == sized.blocks == total  # the count pass predicts the grid exactly
+    a, b = (t.extract_mesh(params.mesh_weight_threshold) for t in (growing, sized))
+    assert len(a.triangles) == len(b.triangles) > 1000
+    va, vb = np.asarray(a.vertices), np.asarray(b.vertices)
+    oa, ob = np.lexsort(va.T), np.lexsort(vb.T)
+    np.testing.assert_array_equal(va[oa], vb[ob])  # uint16 weights count frames exactly: same TSDF
+    np.testing.assert_allclose(np.asarray(a.vertex_normals)[oa], np.asarray(b.vertex_normals)[ob], atol=1e-6)
+    ca, cb = np.asarray(a.vertex_colors)[oa], np.asarray(b.vertex_colors)[ob]
+    assert cb.min() >= 0.0 and cb.max() <= 1.0 and cb.max() > 0.5
+    np.testing.assert_allclose(ca, cb, atol=1e-4)  # colour means kept in 1/65025 steps
+
+
+def test_fuse_run_sizes_the_tsdf_once(run_dir, caplog):
+    out, _ = run_dir
+    cameras = load_cameras(out)
+    with caplog.at_level(logging.INFO, logger="dro_sfm.recon.fusion"):
+        fused = fuse_run(out, cameras, run_fusion_options(cameras), cloud=False)
+    assert any("hash map sized for" in r.getMessage() for r in caplog.records)
+    assert not any("grew" in r.getMessage() for r in caplog.records)
+    assert len(fused.mesh.triangles) > 1000 and len(fused.points) == 0
+
+
+def test_compact_tsdf_refuses_to_wrap_its_weights(monkeypatch, scene):
+    import dro_sfm.recon.fusion as fusion
+
+    monkeypatch.setattr(fusion, "_UINT16_MAX_FRAMES", 3)
+    assert not TsdfFusion(0.05, 5.0, max_frames=3).compact and not TsdfFusion(0.05, 5.0).compact
+    tsdf = TsdfFusion(0.05, 5.0, max_frames=2)
+    assert tsdf.compact
+    for i in range(2):
+        tsdf.integrate(scene.depths[i], scene.images[i], scene.K, scene.poses[i])
+    with pytest.raises(ConfigError, match="uint16"):
+        tsdf.integrate(scene.depths[2], scene.images[2], scene.K, scene.poses[2])
+    with pytest.raises(ConfigError):
+        TsdfFusion(0.05, 5.0, block_count=0)
+
+
+def test_pack_keys_is_injective_within_range():
+    rng = np.random.default_rng(3)
+    grid = np.concatenate([rng.integers(-(1 << 20) + 1, 1 << 20, (5000, 3)),
+                           [[-(1 << 20) + 1, 0, 0], [0, (1 << 20) - 1, 0], [0, 0, -1]]])
+    keys = pack_keys(grid)
+    assert keys is not None and np.unique(keys).size == np.unique(grid, axis=0).shape[0]
+    assert pack_keys(np.array([[1 << 20, 0, 0]])) is None
 
 
 def test_bad_output_dirs(tmp_path, scene):

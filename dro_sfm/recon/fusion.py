@@ -2,7 +2,10 @@
 
 Both are built by streaming over the frames of a run directory one at a time, so memory grows with the
 size of the scene (occupied voxels), never with the number of frames. The TSDF uses Open3D's tensor
-``VoxelBlockGrid`` (the legacy ``ScalableTSDFVolume`` returns empty meshes in Open3D 0.20).
+``VoxelBlockGrid`` (the legacy ``ScalableTSDFVolume`` returns empty meshes in Open3D 0.20). Its hash map
+keeps every slot of its capacity resident and doubles it when a frame could overflow it, so a grid left to
+grow costs up to twice the scene; ``fuse_run`` therefore sizes it once from a cheap pass over the depth maps
+(``count_tsdf_blocks``).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ logger = logging.getLogger(__name__)
 # Voxel keys pack three signed 21-bit voxel coordinates into one int64 (±1,048,575 voxels per axis).
 _KEY_BITS = 21
 _KEY_OFFSET = 1 << (_KEY_BITS - 1)
+# uint16 TSDF weights count the frames that saw a voxel and would wrap past this many.
+_UINT16_MAX_FRAMES = 65535
 
 
 @dataclass
@@ -194,37 +199,86 @@ class VoxelCloud:
         return self._count.copy()
 
 
+def pack_keys(grid: np.ndarray) -> np.ndarray | None:
+    """Integer grid coordinates [N,3] packed into int64 keys [N], or None if one lies beyond the 21-bit range."""
+    if grid.size and np.abs(grid).max() >= _KEY_OFFSET:
+        return None
+    g = grid.astype(np.int64) + _KEY_OFFSET
+    return (g[:, 0] << (2 * _KEY_BITS)) | (g[:, 1] << _KEY_BITS) | g[:, 2]
+
+
 class TsdfFusion:
-    """Truncated signed distance fusion of posed RGB-D frames into an Open3D tensor VoxelBlockGrid."""
+    """Truncated signed distance fusion of posed RGB-D frames into an Open3D tensor VoxelBlockGrid.
+
+    ``block_count`` is the capacity of the block hash map. Open3D allocates (and zero-fills) all of it up
+    front and doubles it whenever the blocks already stored plus the blocks of the next frame exceed it, so
+    pass ``count_tsdf_blocks``' total + largest frame to never rehash. ``max_frames`` below 65535 lets
+    weights and colours be stored as uint16 (12 instead of 20 bytes per voxel, same geometry).
+    """
 
     def __init__(self, voxel_size: float, depth_max: float, trunc_voxels: float = 6.0,
-                 block_resolution: int = 8, initial_blocks: int = 4096):
+                 block_resolution: int = 8, block_count: int = 4096, max_frames: int | None = None):
         import open3d as o3d
         import open3d.core as o3c
 
+        if block_count < 1:
+            raise ConfigError(f"TSDF block count must be >= 1, got {block_count}")
         self._o3d, self._o3c = o3d, o3c
         self.voxel_size, self.depth_max, self.trunc_voxels = float(voxel_size), float(depth_max), trunc_voxels
-        # The hash map grows on demand; initial_blocks only avoids early rehashing.
+        self.compact = max_frames is not None and max_frames < _UINT16_MAX_FRAMES
+        # Open3D supports (float32, float32) and (uint16, uint16) weight/colour pairs. uint16 colour keeps the
+        # running mean of 0-255 values (fed as 0-255 floats); float32 colour keeps [0, 1].
+        store = o3c.uint16 if self.compact else o3c.float32
+        self._color_scale = 255.0 if self.compact else 1.0
         self.grid = o3d.t.geometry.VoxelBlockGrid(
             attr_names=("tsdf", "weight", "color"),
-            attr_dtypes=(o3c.float32, o3c.float32, o3c.float32),
+            attr_dtypes=(o3c.float32, store, store),
             attr_channels=((1), (1), (3)),
             voxel_size=self.voxel_size,
             block_resolution=block_resolution,
-            block_count=initial_blocks,
+            block_count=int(block_count),
             device=o3c.Device("CPU:0"),
         )
         self.frames_integrated = 0
+
+    @property
+    def capacity(self) -> int:
+        """Blocks the hash map holds without rehashing."""
+        return int(self.grid.hashmap().capacity())
+
+    @property
+    def blocks(self) -> int:
+        """Blocks allocated so far."""
+        return int(self.grid.hashmap().size())
+
+    def _tensors(self, depth: np.ndarray, K: np.ndarray, T_world_from_cam: np.ndarray) -> tuple:
+        """Open3D depth image [H,W], intrinsics [3,3] and extrinsic (camera-from-world) [4,4] of one frame."""
+        o3d, o3c = self._o3d, self._o3c
+        depth_t = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(depth, dtype=np.float32)))
+        K_t = o3c.Tensor(np.asarray(K, dtype=np.float64))
+        extrinsic = o3c.Tensor(invert_rigid(np.asarray(T_world_from_cam, dtype=np.float64)))
+        return depth_t, K_t, extrinsic
+
+    def block_coordinates(self, depth: np.ndarray, K: np.ndarray, T_world_from_cam: np.ndarray) -> np.ndarray:
+        """Blocks [M,3] int32 that ``integrate`` would allocate for this frame (nothing is allocated)."""
+        if not np.any(depth > 0):
+            return np.zeros((0, 3), np.int32)
+        depth_t, K_t, extrinsic = self._tensors(depth, K, T_world_from_cam)
+        blocks = self.grid.compute_unique_block_coordinates(depth_t, K_t, extrinsic, 1.0, self.depth_max,
+                                                            self.trunc_voxels)
+        return blocks.numpy().reshape(-1, 3)
 
     def integrate(self, depth: np.ndarray, image: np.ndarray, K: np.ndarray, T_world_from_cam: np.ndarray) -> None:
         """Fuse one frame: depth [H,W] float32 metres (0 = skip), image [H,W,3] uint8, K [3,3], pose [4,4]."""
         o3d, o3c = self._o3d, self._o3c
         if not np.any(depth > 0):
             return
-        depth_t = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(depth, dtype=np.float32)))
-        color_t = o3d.t.geometry.Image(o3c.Tensor(np.ascontiguousarray(image, dtype=np.float32) / 255.0))
-        K_t = o3c.Tensor(np.asarray(K, dtype=np.float64))
-        extrinsic = o3c.Tensor(invert_rigid(np.asarray(T_world_from_cam, dtype=np.float64)))
+        if self.compact and self.frames_integrated + 1 >= _UINT16_MAX_FRAMES:
+            raise ConfigError(f"this TSDF stores uint16 weights and cannot fuse more than "
+                              f"{_UINT16_MAX_FRAMES - 1} frames; create it with max_frames=None")
+        depth_t, K_t, extrinsic = self._tensors(depth, K, T_world_from_cam)
+        color = np.ascontiguousarray(image, dtype=np.float32)
+        color_t = o3d.t.geometry.Image(o3c.Tensor(color if self.compact else color / 255.0))
         blocks = self.grid.compute_unique_block_coordinates(depth_t, K_t, extrinsic, 1.0, self.depth_max,
                                                             self.trunc_voxels)
         self.grid.integrate(blocks, depth_t, color_t, K_t, K_t, extrinsic, 1.0, self.depth_max, self.trunc_voxels)
@@ -235,9 +289,42 @@ class TsdfFusion:
         o3d = self._o3d
         if self.frames_integrated == 0:
             return o3d.geometry.TriangleMesh()
-        mesh = self.grid.extract_triangle_mesh(weight_threshold=weight_threshold).to_legacy()
-        mesh.vertex_colors = o3d.utility.Vector3dVector(np.clip(np.asarray(mesh.vertex_colors), 0.0, 1.0))
-        return mesh
+        mesh = self.grid.extract_triangle_mesh(weight_threshold=weight_threshold)
+        if "colors" in mesh.vertex:
+            # Scaled in place on the float32 tensor: one conversion to the legacy (float64) mesh, no copies.
+            colors = mesh.vertex.colors.numpy()
+            colors *= np.float32(1.0 / self._color_scale)
+            np.clip(colors, 0.0, 1.0, out=colors)
+        return mesh.to_legacy()
+
+
+def count_tsdf_blocks(root: str | os.PathLike, cameras: RunCameras, params: ResolvedFusion,
+                      block_resolution: int = 8) -> tuple[int, int]:
+    """TSDF blocks a run will allocate: (all frames together, largest single frame).
+
+    Reads depth and confidence only (no images) and asks Open3D for each frame's blocks without allocating
+    them, so its memory is one frame plus one int64 key per block.
+    """
+    probe = TsdfFusion(params.voxel_size, params.depth_max, params.trunc_voxels, block_resolution, block_count=1)
+    seen = np.zeros(0, np.int64)
+    pending: list[np.ndarray] = []
+    n_pending, largest = 0, 0
+    for rec in cameras.frames:
+        frame = read_frame(root, cameras, rec, with_image=False)
+        mask = valid_mask(frame.depth, frame.confidence, params.conf_threshold, params.depth_max)
+        blocks = probe.block_coordinates(np.where(mask, frame.depth, 0.0).astype(np.float32), rec.K,
+                                         rec.T_world_from_cam)
+        keys = pack_keys(blocks)
+        if keys is None:  # blocks ~1e6 blocks from the origin: diverged depth or poses; let the grid grow
+            return 0, 0
+        largest = max(largest, keys.size)
+        pending.append(keys)
+        n_pending += keys.size
+        if n_pending > max(seen.size, 1 << 16):  # merge when the pending keys outnumber the union: O(N log N)
+            seen = np.unique(np.concatenate([seen, *pending]))
+            pending, n_pending = [], 0
+    seen = np.unique(np.concatenate([seen, *pending]))
+    return int(seen.size), largest
 
 
 @dataclass
@@ -263,7 +350,14 @@ def fuse_run(root: str | os.PathLike, cameras: RunCameras, options: FusionOption
     logger.info("fusion parameters: %s (median depth %.3g m, focal %.4g px)", params.to_dict(), stats.median,
                 stats.focal)
     acc = VoxelCloud(params.cloud_voxel_size) if cloud else None
-    tsdf = TsdfFusion(params.voxel_size, params.depth_max, params.trunc_voxels) if mesh else None
+    tsdf = None
+    if mesh:
+        total, largest = count_tsdf_blocks(root, cameras, params)
+        # Each integrate needs room for the stored blocks plus all of the frame's (Open3D checks before it
+        # knows which are new); the 4096 floor only matters when the pass found nothing.
+        tsdf = TsdfFusion(params.voxel_size, params.depth_max, params.trunc_voxels,
+                          block_count=max(total + largest, 4096), max_frames=len(cameras.frames))
+        logger.info("TSDF: %d blocks (largest frame %d), hash map sized for %d", total, largest, tsdf.capacity)
     need_image = cloud or mesh or per_frame is not None
     for rec in tqdm(cameras.frames, desc="fusing frames", unit="frame", disable=None):
         frame = read_frame(root, cameras, rec, with_image=need_image)
@@ -280,5 +374,11 @@ def fuse_run(root: str | os.PathLike, cameras: RunCameras, options: FusionOption
         logger.warning("%d points lay more than 1e6 voxels from the origin and were dropped", acc.dropped)
     points = acc.points() if acc is not None else np.zeros((0, 3))
     colors = acc.colors() if acc is not None else np.zeros((0, 3))
-    mesh_out = tsdf.extract_mesh(params.mesh_weight_threshold) if tsdf is not None else None
+    del acc  # the voxel sums are not needed while the mesh is extracted (fusion's peak)
+    mesh_out = None
+    if tsdf is not None:
+        if tsdf.capacity > max(total + largest, 4096):
+            logger.warning("TSDF hash map grew to %d blocks (sized for %d)", tsdf.capacity, total + largest)
+        mesh_out = tsdf.extract_mesh(params.mesh_weight_threshold)
+        del tsdf
     return FusionResult(points=points, colors=colors, mesh=mesh_out, params=params, stats=stats)
