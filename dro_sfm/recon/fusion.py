@@ -226,8 +226,9 @@ class TsdfFusion:
         self._o3d, self._o3c = o3d, o3c
         self.voxel_size, self.depth_max, self.trunc_voxels = float(voxel_size), float(depth_max), trunc_voxels
         self.compact = max_frames is not None and max_frames < _UINT16_MAX_FRAMES
-        # Open3D supports (float32, float32) and (uint16, uint16) weight/colour pairs. uint16 colour keeps the
-        # running mean of 0-255 values (fed as 0-255 floats); float32 colour keeps [0, 1].
+        # Open3D supports (float32, float32) and (uint16, uint16) weight/colour pairs. It stores uint16 colour
+        # as 255 x the input and extracts input units, so 0-255 input keeps the mean in 1/65025 steps (a [0, 1]
+        # input would be rounded to 1/255); float32 colour is fed and returned in [0, 1].
         store = o3c.uint16 if self.compact else o3c.float32
         self._color_scale = 255.0 if self.compact else 1.0
         self.grid = o3d.t.geometry.VoxelBlockGrid(
