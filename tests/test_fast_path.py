@@ -83,8 +83,16 @@ def test_pose_conv_precompute_equals_the_literal_conv_at_every_size(hw) -> None:
     torch.testing.assert_close(again, literal_again, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("disable", [(), ("per_image_encoding",)])
-def test_per_image_encoding_runs_the_encoders_one_image_at_a_time(monkeypatch, disable) -> None:
+@pytest.mark.parametrize(("disable", "above_bytes", "per_image"), [
+    ((), 0, True),                            # large inputs: one image at a time
+    ((), 32 * 2**20, False),                  # the default threshold: these 32x48 images stay batched
+    (("per_image_encoding",), 0, False),      # switched off
+])
+def test_per_image_encoding_runs_large_inputs_one_image_at_a_time(monkeypatch, disable, above_bytes,
+                                                                   per_image) -> None:
+    import dro_sfm.models.dro as dro
+
+    monkeypatch.setattr(dro, "PER_IMAGE_ENCODING_ABOVE_BYTES", above_bytes)
     torch.manual_seed(0)
     net = DroNet(small_config().with_(fast=True)).eval()
     net.set_fast(True, disable=disable)
@@ -93,7 +101,55 @@ def test_per_image_encoding_runs_the_encoders_one_image_at_a_time(monkeypatch, d
         enc.register_forward_pre_hook(lambda _m, args: batch_sizes.append(args[0].shape[0]))
     with torch.no_grad():
         net.forward_full(*_inputs(B=1), stages=1, steps_per_stage=1)
-    if disable:
-        assert sorted(batch_sizes) == [1, 2, 3]  # cnet_depth on the target, cnet_pose on 2 pairs, fnet on 3
-    else:
+    if per_image:
         assert batch_sizes == [1] * 6
+    else:
+        assert sorted(batch_sizes) == [1, 2, 3]  # cnet_depth on the target, cnet_pose on 2 pairs, fnet on 3
+
+
+def _batchnorm_calls(net: DroNet, grad: bool) -> int:
+    calls: list[int] = []
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.register_forward_hook(lambda *_: calls.append(1))
+    with torch.set_grad_enabled(grad):
+        net.forward_full(*_inputs(B=1), stages=1, steps_per_stage=1)
+    return len(calls)
+
+
+@pytest.mark.parametrize("disable", [(), ("folded_batchnorm",)])
+def test_folded_batchnorm_replaces_the_batchnorm_modules_in_eval(disable) -> None:
+    torch.manual_seed(0)
+    net = DroNet(small_config().with_(fast=True)).eval()
+    net.set_fast(True, disable=disable)
+    assert (_batchnorm_calls(net, grad=False) == 0) == (not disable)
+
+
+def test_folded_batchnorm_is_not_used_with_autograd_or_train_mode_batchnorm() -> None:
+    """Folding needs fixed statistics and no gradient: otherwise the BatchNorm modules run."""
+    torch.manual_seed(0)
+    net = DroNet(small_config().with_(fast=True)).eval()
+    assert _batchnorm_calls(net, grad=True) > 0
+    net.train()
+    assert _batchnorm_calls(net, grad=False) > 0
+
+
+def test_folded_batchnorm_matches_the_modules_with_trained_statistics() -> None:
+    """Non-trivial running statistics and affine parameters: folded and unfolded encoders agree."""
+    from dro_sfm.models.resnet import ResNetEncoder
+
+    torch.manual_seed(0)
+    enc = ResNetEncoder(16, 1, small_config().encoder)
+    for m in enc.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            for t in (m.weight, m.bias, m.running_mean):
+                t.data.normal_()
+            m.running_var.data.uniform_(0.2, 3.0)
+    enc.eval()
+    x = torch.rand(2, 3, 32, 48)
+    with torch.no_grad():
+        enc.set_fold_batchnorm(False)
+        literal = enc(x)
+        enc.set_fold_batchnorm(True)
+        folded = enc(x)
+    torch.testing.assert_close(folded, literal, atol=1e-4, rtol=1e-4)

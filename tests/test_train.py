@@ -402,3 +402,55 @@ def test_validation_scores_in_eval_mode_without_changing_training(tmp_path: Path
 
     tags = EventAccumulator(str(tmp_path / "b" / "tb")).Reload().Tags()["scalars"]
     assert "val_indoor/abs_rel_it0" in tags and "val_indoor/rot_deg_it0" in tags
+
+
+def test_reinit_resets_the_named_modules_after_the_warm_start(tmp_path: Path) -> None:
+    """model.reinit re-draws the named heads of a warm-started model and leaves every other weight as loaded."""
+    from dro_sfm.models.predict import DroModel, ModelInfo
+
+    base = ["data.kind=synthetic", "data.height=64", "data.width=96", TINY_MODEL, f"out_dir={tmp_path / 'run'}"]
+    donor = Trainer(apply_overrides(TrainConfig(), base))
+    for p in donor.net.parameters():
+        p.data.fill_(0.5)
+    DroModel(donor.net, ModelInfo(name="donor", image_shape=(64, 96))).save(tmp_path / "donor.pt")
+    cfg = apply_overrides(TrainConfig(), base + [
+        f"model.init_weights={tmp_path / 'donor.pt'}", "model.reinit=[pose_head, update_block_pose.pose_head]"])
+    assert cfg.model.reinit == ["pose_head", "update_block_pose.pose_head"]
+    net = Trainer(cfg).net
+    for name, p in net.named_parameters():
+        redrawn = name.startswith(("pose_head.", "update_block_pose.pose_head."))
+        assert bool((p != 0.5).any()) == redrawn, name
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("[no_such_head]", "no module 'no_such_head'"),
+    ("[update_block_pose.pose_head.relu]", "no parameters"),
+    ("pose_head", "expected a list"),
+])
+def test_reinit_names_are_checked(tmp_path: Path, value: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        Trainer(apply_overrides(TrainConfig(), [
+            "data.kind=synthetic", "data.height=64", "data.width=96", TINY_MODEL, f"out_dir={tmp_path}",
+            f"model.reinit={value}"]))
+
+
+def test_head_activity_reports_a_dead_head_and_training_warns(tmp_path: Path, caplog) -> None:
+    """A head whose hidden ReLUs are all negative reads 0 % active; image logging warns about it."""
+    from dro_sfm.train.monitor import head_activity
+
+    trainer = Trainer(apply_overrides(TrainConfig(), [
+        "data.kind=synthetic", "data.scenes=indoor", "data.height=64", "data.width=96", "data.samples_per_scene=2",
+        "data.augment=false", "optim.batch_size=1", "optim.steps=1", TINY_MODEL, "checkpoint_every=0",
+        "image_log_every=1", f"out_dir={tmp_path}"]))
+    batch = collate([trainer.dataset[0]])
+    args = (batch["target"], list(batch["refs"].unbind(1)), batch["K"].float())
+    alive = head_activity(trainer.net, *args)
+    assert all(0.0 < v < 1.0 for v in alive.values()), alive
+    with torch.no_grad():
+        trainer.net.update_block_pose.pose_head.conv1_pose.bias.fill_(-1e3)
+    activity = head_activity(trainer.net, *args)
+    assert activity["update_pose_head"] == 0.0 and activity["pose_head"] > 0.0
+    assert trainer.net.training
+    with caplog.at_level("WARNING"):
+        trainer.run(progress=False)
+    assert "no active unit in update_pose_head" in caplog.text

@@ -21,10 +21,13 @@ from dro_sfm.models.update import DepthUpdateBlock, PoseUpdateBlock
 from dro_sfm.models.upsample import convex_upsample
 
 FEATURE_STRIDE = 8
+# Eval-mode encoders run image by image when a batched stem activation would exceed this (at 320x960 with
+# 3 images it is 59 MB and the largest tensor of a forward; at 240x320, 15 MB).
+PER_IMAGE_ENCODING_ABOVE_BYTES = 32 * 2**20
 # The optimisations of the fast path (none changes results beyond float rounding; see tests/test_parity.py).
 FAST_PARTS = (
     "mask_last_only", "cached_geometry", "batched_pose_refs", "pose_conv_precompute", "fused_gru", "channels_last",
-    "context_precompute", "per_image_encoding",
+    "context_precompute", "per_image_encoding", "folded_batchnorm",
 )
 
 
@@ -99,6 +102,8 @@ class DroNet(nn.Module):
         self.update_block_pose.encoder.fast = c.fast
         self.update_block_depth.depth_gru.fused = self.update_block_pose.pose_gru.fused = c.fast
         self.update_block_depth.depth_gru.channels_last = self.update_block_pose.pose_gru.channels_last = c.fast
+        for encoder in self._encoders():
+            encoder.set_fold_batchnorm(c.fast)
         # Individual optimisations of the fast path, switchable one by one to measure what each gives.
         self.fast_parts = dict.fromkeys(FAST_PARTS, True)
         self.trace: Callable[[str, torch.Tensor], None] | None = None
@@ -119,6 +124,11 @@ class DroNet(nn.Module):
         self.update_block_depth.depth_gru.fused = self.update_block_pose.pose_gru.fused = fused
         nhwc = fast and "channels_last" not in disable
         self.update_block_depth.depth_gru.channels_last = self.update_block_pose.pose_gru.channels_last = nhwc
+        for encoder in self._encoders():
+            encoder.set_fold_batchnorm(fast and "folded_batchnorm" not in disable)
+
+    def _encoders(self) -> list[ResNetEncoder]:
+        return [m for m in self.children() if isinstance(m, ResNetEncoder)]
 
     def freeze_batchnorm(self) -> None:
         """Every BatchNorm uses (and keeps) its running statistics, also while the rest is in train mode."""
@@ -160,19 +170,28 @@ class DroNet(nn.Module):
             return gru.context_responses(context)
         return None
 
-    def _run_encoder(self, encoder: nn.Module, inputs: list[torch.Tensor]) -> torch.Tensor:
+    def _run_encoder(self, encoder: ResNetEncoder, inputs: list[torch.Tensor]) -> torch.Tensor:
         """``encoder`` over inputs N×[B,C,H,W] as one batch -> [N·B,c,H/8,W/8] (input i at rows i·B...).
 
-        In eval mode without autograd the inputs run one at a time: BatchNorm then uses its running
+        In eval mode without autograd, large inputs run one at a time: BatchNorm then uses its running
         statistics, so each output is the same, and the peak activation memory is one input's (the
-        full-resolution stem activations of a whole batch are the largest tensors of a forward).
+        full-resolution stem activations of a whole batch are the largest tensors of a forward). Small
+        batches stay batched, which is faster (at 240x320 per-image encoding cost ~2 % of a forward).
         """
-        if self._opt("per_image_encoding") and not self.training and not torch.is_grad_enabled():
+        if (self._opt("per_image_encoding") and not self.training and not torch.is_grad_enabled()
+                and self._stem_bytes(encoder, inputs) > PER_IMAGE_ENCODING_ABOVE_BYTES):
             return torch.cat([encoder(self._layout(x)) for x in inputs], dim=0)
         batch = self._layout(torch.cat(inputs, dim=0))
         if self.config.recompute_activations and torch.is_grad_enabled():
             return self._checkpointed(encoder, batch)
         return encoder(batch)
+
+    @staticmethod
+    def _stem_bytes(encoder: ResNetEncoder, inputs: list[torch.Tensor]) -> int:
+        """Size of the encoder's stem activation [N·B,stem,H/2,W/2] (float32) if the inputs ran as one batch."""
+        rows = sum(x.shape[0] for x in inputs)
+        H, W = inputs[0].shape[-2:]
+        return rows * encoder.conv1.out_channels * ((H + 1) // 2) * ((W + 1) // 2) * 4
 
     @staticmethod
     def _checkpointed(encoder: nn.Module, batch: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,22 @@ import torch.nn.functional as F
 from dro_sfm.models.config import EncoderWidths
 
 
+def conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d, x: torch.Tensor, fold: bool) -> torch.Tensor:
+    """``bn(conv(x))``; with ``fold`` (eval-mode BatchNorm only) one convolution with the affine folded in.
+
+    Eval-mode BatchNorm is a per-channel affine map, so it can be merged into the preceding bias-free
+    convolution's weights (w·γ/σ) and a bias (β − μ·γ/σ): the activation is then written once instead of
+    twice. The folded weights are rebuilt at every call (a few ms) rather than cached, because a cached
+    copy of three encoders' weights would cost more memory than the pass saves.
+    """
+    if not fold or bn.training:
+        return bn(conv(x))
+    scale = bn.weight * torch.rsqrt(bn.running_var + bn.eps)
+    weight = conv.weight * scale.view(-1, 1, 1, 1)
+    bias = bn.bias - bn.running_mean * scale
+    return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
 class BasicBlock(nn.Module):
     """torchvision's ResNet BasicBlock: two 3×3 convs with BatchNorm and a residual shortcut."""
 
@@ -19,6 +35,7 @@ class BasicBlock(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
+        self.fold_bn = False  # eval without autograd: see conv_bn
         self.downsample: nn.Sequential | None = None
         if stride != 1 or in_ch != out_ch:
             self.downsample = nn.Sequential(
@@ -27,10 +44,11 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B,Cin,H,W] -> [B,Cout,H/s,W/s]."""
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.bn2(self.conv2(y))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return self.relu(y + shortcut)
+        fold = self.fold_bn and not torch.is_grad_enabled()
+        y = self.relu(conv_bn(self.conv1, self.bn1, x, fold))
+        y = conv_bn(self.conv2, self.bn2, y, fold)
+        shortcut = x if self.downsample is None else conv_bn(self.downsample[0], self.downsample[1], x, fold)
+        return self.relu(y.add_(shortcut) if fold else y + shortcut)
 
 
 class ResNetEncoder(nn.Module):
@@ -55,7 +73,14 @@ class ResNetEncoder(nn.Module):
             nn.Conv2d(w.fusion + w.layer2, w.fusion, 3, padding=1), nn.ReLU(inplace=True)
         )
         self.out_conv = nn.Conv2d(w.fusion, out_ch, 3, padding=1)
+        self.fold_bn = False
         self._init_weights()
+
+    def set_fold_batchnorm(self, fold: bool) -> None:
+        """Fold eval-mode BatchNorm into the convolutions when running without autograd (see ``conv_bn``)."""
+        for m in self.modules():
+            if isinstance(m, (ResNetEncoder, BasicBlock)):
+                m.fold_bn = fold
 
     def _init_weights(self) -> None:
         for m in self.modules():
@@ -67,7 +92,8 @@ class ResNetEncoder(nn.Module):
 
     def _forward_batch(self, x: torch.Tensor) -> torch.Tensor:
         """[B,3n,H,W] -> [B,out_ch,H/8,W/8]."""
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        fold = self.fold_bn and not torch.is_grad_enabled()
+        x = self.maxpool(self.relu(conv_bn(self.conv1, self.bn1, x, fold)))
         s8 = self.layer2(self.layer1(x))
         s16 = self.layer3(s8)
         up = F.interpolate(s16, scale_factor=2, mode="bilinear", align_corners=False)

@@ -24,6 +24,8 @@ class ModelSection:
     official_version: str | None = None   # e.g. "it12-h-out"; only for mirroring the official experiments
     overrides: dict[str, Any] = field(default_factory=dict)
     init_weights: str | None = None       # warm start from a model file (ours or official)
+    # Modules re-initialised after the warm start, e.g. heads whose ReLUs all died (see `activity/*` in the logs)
+    reinit: list[str] = field(default_factory=list)
 
     def build_config(self, min_depth: float, max_depth: float) -> DroConfig:
         if self.official_version is not None:
@@ -123,6 +125,11 @@ def _coerce(tp, value, where: str):
         if value is None:
             return None
         return _coerce(args[0], value, where)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)
+        return [_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise ConfigError(f"{where}: {value!r} is not one of {typing.get_args(tp)}")

@@ -17,7 +17,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from dro_sfm.data.atomic import atomic_path
-from dro_sfm.errors import CheckpointError
+from dro_sfm.errors import CheckpointError, ConfigError
 from dro_sfm.geometry.pose import euler_vec_to_matrix
 from dro_sfm.losses.feature import feature_contrastive_loss
 from dro_sfm.losses.photometric import photometric_loss
@@ -48,6 +48,20 @@ class DistInfo:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+
+def reinitialise(net: torch.nn.Module, names: list[str]) -> None:
+    """Reset the parameters of the named submodules (fresh initialisation, drawn from the seeded RNG)."""
+    for name in names:
+        try:
+            module = net.get_submodule(name)
+        except AttributeError as err:
+            raise ConfigError(f"model.reinit: the network has no module {name!r}") from err
+        resettable = [m for m in module.modules() if hasattr(m, "reset_parameters")]
+        if not resettable:
+            raise ConfigError(f"model.reinit: module {name!r} has no parameters to re-initialise")
+        for m in resettable:
+            m.reset_parameters()
 
 
 def init_distributed(device: str) -> DistInfo:
@@ -101,6 +115,7 @@ class Trainer:
         if cfg.model.init_weights:
             src = DroModel.load(cfg.model.init_weights).net
             self.net.load_state_dict(src.state_dict(), strict=True)
+        reinitialise(self.net, cfg.model.reinit)
         self.model: torch.nn.Module = self.net
         if self.dist.world > 1:
             self.model = DistributedDataParallel(_FullForward(self.net), find_unused_parameters=True)
@@ -306,11 +321,19 @@ class Trainer:
                      row.kind, row.predictor, row.abs_rel, row.abs_rel_median_scaled, row.rot_deg, row.tdir_deg)
 
     def _log_images(self, step: int) -> None:
-        from dro_sfm.train.monitor import image_panels
+        """Pictures of the last batch, and how alive each head's hidden layer is on it."""
+        from dro_sfm.train.monitor import head_activity, image_panels
 
         batch, extra = self._last
         for name, img in image_panels(extra["out"], extra["poses"], batch).items():
             self.writer.add_image(name, img, step, dataformats="HWC")
+        activity = head_activity(self.net, batch["target"], list(batch["refs"].unbind(1)), batch["K"].float())
+        for name, frac in activity.items():
+            self.writer.add_scalar(f"activity/{name}", frac, step)
+        dead = [name for name, frac in activity.items() if frac == 0.0]
+        if dead:
+            log.warning("step %d: no active unit in %s (dead ReLUs: the head outputs a constant and learns no "
+                        "more); re-initialise it with model.reinit", step, ", ".join(dead))
 
 
 class _FullForward(torch.nn.Module):
