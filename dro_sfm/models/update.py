@@ -87,9 +87,12 @@ class SepConvGRU(nn.Module):
         if self.channels_last:
             # The inputs arrive from concatenations with 1- or 6-channel maps, which fall back to NCHW.
             x = x.contiguous(memory_format=torch.channels_last)
-        # Only the ablation without context precompute comes here: x's full weight is assembled per call.
-        return self._fused_passes(h, lambda w, _: F.conv2d(
-            x, torch.cat([w.W_x_context, w.W_x_features], dim=1), w.b_x, padding=w.padding))
+        # Only the ablation without context precompute comes here. x's weight is stored in its two parts,
+        # so each part convolves its own channels (as the precomputing path does, over two calls).
+        cd = self._fused_weights()[0].W_x_context.shape[1]
+        context, feat = x[:, :cd], x[:, cd:]
+        return self._fused_passes(h, lambda w, _: F.conv2d(context, w.W_x_context, w.b_x, padding=w.padding)
+                                  .add_(F.conv2d(feat, w.W_x_features, None, padding=w.padding)))
 
     def context_responses(self, context: torch.Tensor) -> list[torch.Tensor]:
         """Per pass, the gates' response [B,3hd,h,w] to the context channels (first in x), biases included.
