@@ -436,7 +436,7 @@ def test_reinit_names_are_checked(tmp_path: Path, value: str, message: str) -> N
 
 def test_head_activity_reports_a_dead_head_and_training_warns(tmp_path: Path, caplog) -> None:
     """A head whose hidden ReLUs are all negative reads 0 % active; image logging warns about it."""
-    from dro_sfm.train.monitor import head_activity
+    from dro_sfm.train.dormant import head_activity
 
     trainer = Trainer(apply_overrides(TrainConfig(), [
         "data.kind=synthetic", "data.scenes=indoor", "data.height=64", "data.width=96", "data.samples_per_scene=2",
@@ -454,3 +454,55 @@ def test_head_activity_reports_a_dead_head_and_training_warns(tmp_path: Path, ca
     with caplog.at_level("WARNING"):
         trainer.run(progress=False)
     assert "no active unit in update_pose_head" in caplog.text
+
+
+def test_recycling_redraws_dormant_units_without_changing_the_outputs(tmp_path: Path) -> None:
+    """ReDo: a dormant unit gets fresh incoming weights and zero outgoing ones; the outputs stay the same."""
+    from dro_sfm.train.dormant import recycle_dormant_units, unit_activity
+
+    trainer = Trainer(apply_overrides(TrainConfig(), [
+        "data.kind=synthetic", "data.scenes=indoor", "data.height=64", "data.width=96", "data.samples_per_scene=2",
+        "data.augment=false", "optim.batch_size=1", "optim.steps=1", TINY_MODEL, "checkpoint_every=0",
+        "image_log_every=0", f"out_dir={tmp_path}"]))
+    trainer.run(progress=False)  # the optimiser now holds moments for every parameter
+    net = trainer.net
+    batch = collate([trainer.dataset[1]])
+    args = (batch["target"], list(batch["refs"].unbind(1)), batch["K"].float())
+    hidden, reader = net.update_block_pose.pose_head.conv1_pose, net.update_block_pose.pose_head.conv2_pose
+    with torch.no_grad():
+        hidden.bias[[0, 3]] = -1e3  # units 0 and 3 never fire
+    net.eval()
+    with torch.no_grad():
+        before = net.forward_full(*args)
+    w_before, r_before = hidden.weight.clone(), reader.weight.clone()
+    activity = unit_activity(net, *args)
+    assert activity["update_pose_head"][[0, 3]].tolist() == [0.0, 0.0]
+    assert (activity["update_pose_head"] > 0).sum() >= 0.5 * hidden.out_channels  # the others are alive
+    report = recycle_dormant_units(net, activity, torch.Generator().manual_seed(0), trainer.optimizer)
+    assert report.dormant["update_pose_head"] >= 2 and "update_pose_head" in report.summary()
+    dormant = activity["update_pose_head"] == 0
+    assert not torch.equal(hidden.weight[dormant], w_before[dormant])
+    assert torch.equal(hidden.weight[~dormant], w_before[~dormant])
+    assert -1.0 < float(hidden.bias.detach()[0]) < 1.0
+    assert bool((reader.weight[:, dormant] == 0).all()) and torch.equal(reader.weight[:, ~dormant],
+                                                                        r_before[:, ~dormant])
+    moments = trainer.optimizer.state[hidden.weight]
+    assert bool((moments["exp_avg"][dormant] == 0).all()) and bool((moments["exp_avg_sq"][dormant] == 0).all())
+    with torch.no_grad():
+        after = net.forward_full(*args)
+    torch.testing.assert_close(after.inv_depths[-1], before.inv_depths[-1])
+    torch.testing.assert_close(after.poses[-1], before.poses[-1])
+
+
+def test_training_recycles_dormant_units_when_configured(tmp_path: Path, caplog) -> None:
+    trainer = Trainer(apply_overrides(TrainConfig(), [
+        "data.kind=synthetic", "data.scenes=indoor", "data.height=64", "data.width=96", "data.samples_per_scene=2",
+        "data.augment=false", "optim.batch_size=1", "optim.steps=2", TINY_MODEL, "checkpoint_every=0",
+        "image_log_every=0", "optim.recycle_dormant_every=2", f"out_dir={tmp_path}"]))
+    with torch.no_grad():
+        trainer.net.pose_head.conv1_pose.bias.fill_(-1e3)  # the whole initial pose head is dormant
+    with caplog.at_level("INFO"):
+        trainer.run(progress=False)
+    width = trainer.net.pose_head.conv1_pose.out_channels
+    assert f"pose_head {width}/{width}" in caplog.text
+    assert float(trainer.net.pose_head.conv1_pose.bias.detach().abs().max()) < 1.0

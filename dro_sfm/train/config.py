@@ -92,6 +92,8 @@ class OptimSection:
     weight_decay: float = 0.0
     amp: bool = False                       # mixed precision, CUDA only
     freeze_bn: bool = False
+    # Every N steps re-draw the heads' dormant ReLU units (dro_sfm/train/dormant.py); 0 = off, as officially
+    recycle_dormant_every: int = 0
 
 
 @dataclass

@@ -53,38 +53,3 @@ def image_panels(out: DroOutput, poses: torch.Tensor, batch: dict) -> dict[str, 
     panels["warp/ref0_to_target"] = (warped[0].permute(1, 2, 0).clamp(0, 1).cpu().numpy() * 255).astype(np.uint8)
     panels["warp/target"] = (batch["target"][0].permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
     return panels
-
-
-# The hidden ReLU layer of every head: when all its units are negative on every input the head outputs a
-# constant (its last bias) and passes no gradient back: the pose update of the first default model died so.
-HEAD_HIDDEN_LAYERS = {
-    "pose_head": "pose_head.conv1_pose",
-    "depth_head": "depth_head.conv1",
-    "upmask_net": "upmask_net.mask.0",
-    "update_pose_head": "update_block_pose.pose_head.conv1_pose",
-    "update_depth_head": "update_block_depth.depth_head.conv1",
-    "update_mask": "update_block_depth.mask.0",
-}
-
-
-@torch.no_grad()
-def head_activity(net: DroNet, target: torch.Tensor, refs: list[torch.Tensor], K: torch.Tensor) -> dict[str, float]:
-    """Fraction of positive pre-activations of each head's hidden layer over one forward (0 = a dead head).
-
-    Heads that this forward does not run (``upmask_net`` after the first stage in eval) are left out.
-    """
-    positive: dict[str, list[float]] = {name: [] for name in HEAD_HIDDEN_LAYERS}
-    handles = []
-    for name, path in HEAD_HIDDEN_LAYERS.items():
-        layer = net.get_submodule(path)
-        handles.append(layer.register_forward_hook(
-            lambda _m, _i, out, name=name: positive[name].append((out > 0).float().mean().item())))
-    was_training = net.training
-    try:
-        net.eval()
-        net.forward_full(target, refs, K)
-    finally:
-        net.train(was_training)
-        for h in handles:
-            h.remove()
-    return {name: float(np.mean(v)) for name, v in positive.items() if v}

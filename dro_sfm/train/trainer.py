@@ -268,6 +268,8 @@ class Trainer:
                 self._log_images(res.step)
             if self.writer is not None and cfg.val_every and res.step % cfg.val_every == 0:
                 self._validate(res.step)
+            if cfg.optim.recycle_dormant_every and res.step % cfg.optim.recycle_dormant_every == 0:
+                self.recycle_dormant(res.step)
             if cfg.checkpoint_every and res.step % cfg.checkpoint_every == 0:
                 self.save_checkpoint()
         bar.close()
@@ -322,7 +324,8 @@ class Trainer:
 
     def _log_images(self, step: int) -> None:
         """Pictures of the last batch, and how alive each head's hidden layer is on it."""
-        from dro_sfm.train.monitor import head_activity, image_panels
+        from dro_sfm.train.dormant import head_activity
+        from dro_sfm.train.monitor import image_panels
 
         batch, extra = self._last
         for name, img in image_panels(extra["out"], extra["poses"], batch).items():
@@ -333,7 +336,26 @@ class Trainer:
         dead = [name for name, frac in activity.items() if frac == 0.0]
         if dead:
             log.warning("step %d: no active unit in %s (dead ReLUs: the head outputs a constant and learns no "
-                        "more); re-initialise it with model.reinit", step, ", ".join(dead))
+                        "more); set optim.recycle_dormant_every, or re-initialise it with model.reinit",
+                        step, ", ".join(dead))
+
+    def recycle_dormant(self, step: int):
+        """Re-draw the heads' dormant units, judged on the last batch (of every process, in DDP)."""
+        from dro_sfm.train.dormant import recycle_dormant_units, unit_activity
+
+        batch, _ = self._last
+        activity = unit_activity(self.net, batch["target"], list(batch["refs"].unbind(1)), batch["K"].float())
+        if self.dist.world > 1:
+            for frac in activity.values():  # dormant only where dormant on every rank's batch
+                dist.all_reduce(frac, op=dist.ReduceOp.SUM)
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)  # the same on every rank
+        report = recycle_dormant_units(self.net, activity, generator, self.optimizer)
+        if report.summary():
+            log.info("step %d: recycled dormant units: %s", step, report.summary())
+        if self.writer is not None:
+            for name, n in report.dormant.items():
+                self.writer.add_scalar(f"dormant/{name}", n / report.width[name], step)
+        return report
 
 
 class _FullForward(torch.nn.Module):
