@@ -1,10 +1,11 @@
 """Export the default model from its training run and write its model card with measured numbers.
 
-    python benchmarks/make_model_card.py --run runs/default_small --samples 200
+    python benchmarks/make_model_card.py --run runs/default_small_v2 --samples 200
 
 Writes dro_sfm/weights/default_small.pt, dro_sfm/weights/README.md, training_curves.png,
 error_vs_iterations.png, scores.json (the full scorecard) and regression_scores.json (a small reserved
-set that tests/test_default_model.py re-scores). Every number in the card is measured by this script.
+set that tests/test_default_model.py re-scores). Every number in the card is measured by this script,
+except the hand-written status and training history, which come from ``--notes`` (a Markdown file).
 """
 
 from __future__ import annotations
@@ -46,12 +47,32 @@ def real_sample_numbers(model) -> str:
     return out.stdout.strip() or f"(failed: {out.stderr.strip()[-300:]})"
 
 
+def head_activity_table(model, n: int = 8) -> str:
+    """Markdown table of each head's live-unit fraction on ``n`` reserved samples per kind (at 240x320)."""
+    from dro_sfm.train.datasets import collate
+    from dro_sfm.train.dormant import head_activity
+    from dro_sfm.train.scorecard import reserved_dataset
+
+    rows = []
+    for kind in ("indoor", "outdoor"):
+        ds = reserved_dataset(kind, 240, 320)
+        batch = collate([ds[i] for i in range(n)])
+        act = head_activity(model.net, batch["target"], list(batch["refs"].unbind(1)), batch["K"].float())
+        rows.append((kind, act))
+    names = list(rows[0][1])
+    lines = ["| kind | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines += [f"| {kind} | " + " | ".join(f"{act[name]:.3f}" for name in names) + " |" for kind, act in rows]
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/default_small")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--curve-samples", type=int, default=40)
     ap.add_argument("--image-shape", type=int, nargs=2, default=(240, 320))
+    ap.add_argument("--notes", default=str(Path(__file__).with_name("model_card_notes.md")),
+                    help="Markdown inserted after the card's first paragraph (status, training history)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
@@ -68,7 +89,10 @@ def main() -> None:
     plot_error_vs_iterations(its, WEIGHTS_DIR / "error_vs_iterations.png")
     regression = write_regression_scores(model, WEIGHTS_DIR / "regression_scores.json")
     real = real_sample_numbers(model)
+    activity = head_activity_table(model)
+    notes = Path(args.notes).read_text().strip() + "\n\n" if args.notes and Path(args.notes).is_file() else ""
     cfg = run.config
+    config_path = f"configs/{cfg['name']}.yaml"
     size_mb = (WEIGHTS_DIR / "default_small.pt").stat().st_size / 2**20
     wall = f"{run.wall_time_s / 3600:.2f} h" if run.wall_time_s else "unknown"
     its_table = "\n".join(
@@ -79,7 +103,7 @@ def main() -> None:
 
 The model `reconstruct`, `predict` and the README's main job use when no `--weights` is given.
 
-| | |
+{notes}| | |
 |---|---|
 | architecture | DRO, `small` preset ({sum(p.numel() for p in model.net.parameters()) / 1e6:.2f} M parameters), \
 {model.config.stages} stages × {model.config.steps_per_stage} steps |
@@ -93,7 +117,7 @@ The model `reconstruct`, `predict` and the README's main job use when no `--weig
 | wall time | {wall} on a 2-core CPU (shared with other work) |
 | depth units | metres (depth range {cfg['data']['min_depth']}–{cfg['data']['max_depth']} m) |
 | file size | {size_mb:.1f} MB |
-| config | `configs/default_small.yaml`; continue with `dro-sfm train configs/default_small.yaml --resume` |
+| config | `{config_path}`; continue with `dro-sfm train {config_path} --resume` |
 
 ## Accuracy on reserved synthetic samples
 
@@ -121,6 +145,13 @@ direction undefined); *constant motion* predicts the mean training motion of eac
 ## Real images never seen in training (no target; median-scaled)
 
 {real}
+
+## Live units in the heads
+
+Fraction of positive pre-activations of each head's hidden ReLU layer on 8 reserved samples per kind
+(0 = a dead head: it outputs a constant and learns nothing more; see `dro_sfm/train/dormant.py`).
+
+{activity}
 
 ## Regression check
 
