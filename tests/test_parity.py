@@ -31,6 +31,13 @@ def _fixture_threads():
     torch.set_num_threads(before)
 
 
+def _assert_close_to_scale(got: np.ndarray, expected: np.ndarray, rtol: float, atol: float, what: str) -> None:
+    """|got - expected| <= atol + rtol * max|expected| over the whole tensor (rtol relative to its scale)."""
+    bound = atol + rtol * float(np.abs(expected).max())
+    worst = float(np.abs(got.astype(np.float64) - expected.astype(np.float64)).max())
+    assert worst <= bound, f"{what}: max |got - expected| = {worst:.3g} > {bound:.3g}"
+
+
 def _fixture():
     return require_shared("fixtures", "dro_parity")
 
@@ -122,8 +129,14 @@ def test_debug_intermediates(case: str) -> None:
     assert len(dbg) == 14
     for key in dbg:
         got = seen[key[4:]].numpy()
-        rtol = 1e-5 if key.endswith("_cost") else 0.0
-        np.testing.assert_allclose(got, expected[key], rtol=rtol, atol=1e-4, err_msg=key)
+        if key.endswith("_cost"):
+            # A cost entry is a sum of squared feature differences, so it inherits the cancellation error of
+            # the convolutions that made the features; that error scales with the tensor's magnitude, not the
+            # entry's. Per entry, oneDNN's AVX2 kernels (ONEDNN_MAX_CPU_ISA=AVX2) miss rtol 1e-5 by up to 9.7e-5
+            # relative on small entries while the largest deviation is 7.4e-4 on values up to a few hundred.
+            _assert_close_to_scale(got, expected[key], rtol=1e-5, atol=1e-4, what=key)
+        else:
+            np.testing.assert_allclose(got, expected[key], rtol=0.0, atol=1e-4, err_msg=key)
 
 
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "literal"])
@@ -153,9 +166,13 @@ def test_losses_and_gradients(fast: bool) -> None:
     for key in grads:
         grad = params[key[len("grad_supervised."):]].grad
         assert grad is not None, key
-        np.testing.assert_allclose(
-            grad.numpy(), expected[key], rtol=tol["grad_rtol"], atol=tol["grad_atol"], err_msg=key
-        )
+        # The fixture's rtol is applied to each tensor's scale: small bias-gradient entries are differences of
+        # large terms accumulated over 12 recurrent steps, and their float32 noise follows the large terms.
+        # Measured against the fixture: 2 threads on AVX-512 1.2e-7 absolute; 1 thread 1.0e-5 (4.4e-5 of the
+        # tensor's max, 1.6x the per-entry bound); AVX2 kernels 1.2e-5 (4.5e-5 of the max, 2.7x the per-entry
+        # bound); a CI machine 7.2e-6 on an entry of 3.7e-3. A real error (a wrong loss weight, a detached
+        # term) moves these gradients by percent of their scale.
+        _assert_close_to_scale(grad.numpy(), expected[key], tol["grad_rtol"], tol["grad_atol"], key)
     assert params["cnet.out_conv.bias"].grad is None, "the unused cnet must receive no gradient"
 
 

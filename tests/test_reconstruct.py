@@ -223,8 +223,13 @@ def test_sample_sequence_is_shipped_and_reproducible(tmp_path: Path) -> None:
         sys.path.pop(0)
     assert make_sample.main(["--out", str(tmp_path / "again"), "--frames", str(len(images))]) == 0
     for name in (images[0].name, images[-1].name):
-        np.testing.assert_array_equal(np.asarray(Image.open(SAMPLE_DIR / name)),
-                                      np.asarray(Image.open(tmp_path / "again" / name)))
+        shipped = np.asarray(Image.open(SAMPLE_DIR / name)).astype(np.int16)
+        again = np.asarray(Image.open(tmp_path / "again" / name)).astype(np.int16)
+        # Another CPU's float kernels may round a colour that lands on .5 the other way (8 of 230400 values
+        # on one CI machine); anything beyond one level, or on more than 0.1% of values, is a real change.
+        diff = np.abs(shipped - again)
+        assert diff.max() <= 1, (name, int(diff.max()))
+        assert np.count_nonzero(diff) <= 1e-3 * diff.size, (name, int(np.count_nonzero(diff)))
     np.testing.assert_allclose(np.loadtxt(tmp_path / "again" / "groundtruth" / "poses.txt"),
                                np.loadtxt(SAMPLE_DIR / "groundtruth" / "poses.txt"), atol=1e-9)
 
