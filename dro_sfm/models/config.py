@@ -87,6 +87,9 @@ class DroConfig:
     with_unused_cnet: bool = True    # official checkpoints carry a never-used `cnet` encoder
     solver: Literal["unrolled", "deq"] = "unrolled"
     fast: bool = True                # optimised path; False runs the literal spec path
+    # Factor on the pose heads' rotation outputs (official 0.01). Under Adam it sets how fast rotation can move
+    # relative to translation; our CPU configs raise it (see configs/default_small_v3.yaml).
+    pose_rotation_scale: float = 0.01
     recompute_activations: bool = False  # training memory: recompute encoders (and DEQ f steps) in backward
     deq: DeqConfig = field(default_factory=DeqConfig)  # used only with solver == "deq"
 

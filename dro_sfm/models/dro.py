@@ -90,10 +90,12 @@ class DroNet(nn.Module):
         c = config
         self.fnet = ResNetEncoder(c.feature_dim, 1, c.encoder)
         self.depth_head = DepthHead(c.feature_dim, c.head_dim)
-        self.pose_head = PoseHead(2 * c.feature_dim, c.head_dim)
+        self.pose_head = PoseHead(2 * c.feature_dim, c.head_dim, c.pose_rotation_scale)
         self.upmask_net = MaskHead(c.feature_dim, 2 * c.feature_dim)
         self.update_block_depth = DepthUpdateBlock(c.feature_dim, c.hidden_dim, c.context_dim, c.motion_dim)
-        self.update_block_pose = PoseUpdateBlock(c.feature_dim, c.hidden_dim, c.context_dim, c.motion_dim)
+        self.update_block_pose = PoseUpdateBlock(
+            c.feature_dim, c.hidden_dim, c.context_dim, c.motion_dim, c.pose_rotation_scale
+        )
         if c.with_unused_cnet:
             # Never run (spec §3); it exists so that official checkpoints load strictly.
             self.cnet = ResNetEncoder(c.feature_dim, 1, c.encoder)

@@ -1,4 +1,4 @@
-"""Output heads: initial depth, pose (with the 0.01 rotation factor) and the convex-upsampling mask."""
+"""Output heads: initial depth, pose (with the official 0.01 rotation factor) and the convex-upsampling mask."""
 
 from __future__ import annotations
 
@@ -23,12 +23,13 @@ class DepthHead(nn.Module):
 
 
 class PoseHead(nn.Module):
-    """Two 3×3 convs to 6 channels, spatial mean, rotation scaled by 0.01: [B,C,h,w] -> [B,6]."""
+    """Two 3×3 convs to 6 channels, spatial mean, rotation scaled (official 0.01): [B,C,h,w] -> [B,6]."""
 
-    ROTATION_SCALE = 0.01
+    OFFICIAL_ROTATION_SCALE = 0.01
 
-    def __init__(self, in_ch: int, hidden: int) -> None:
+    def __init__(self, in_ch: int, hidden: int, rotation_scale: float = OFFICIAL_ROTATION_SCALE) -> None:
         super().__init__()
+        self.rotation_scale = rotation_scale
         self.conv1_pose = nn.Conv2d(in_ch, hidden, 3, padding=1)
         self.conv2_pose = nn.Conv2d(hidden, 6, 3, padding=1)
         self.relu = nn.ReLU(inplace=True)
@@ -36,7 +37,7 @@ class PoseHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """[B,C,h,w] -> [B,6] (translation, Euler angles)."""
         out = self.conv2_pose(self.relu(self.conv1_pose(x))).mean(3).mean(2)
-        return torch.cat([out[:, :3], self.ROTATION_SCALE * out[:, 3:]], dim=1)
+        return torch.cat([out[:, :3], self.rotation_scale * out[:, 3:]], dim=1)
 
 
 class MaskHead(nn.Module):

@@ -262,11 +262,14 @@ class DepthUpdateBlock(nn.Module):
 class PoseUpdateBlock(nn.Module):
     """One pose GRU step (weights shared by all references; each has its own state)."""
 
-    def __init__(self, cost_dim: int, hidden: int, context: int, motion_dim: int = 64) -> None:
+    def __init__(
+        self, cost_dim: int, hidden: int, context: int, motion_dim: int = 64,
+        rotation_scale: float = PoseHead.OFFICIAL_ROTATION_SCALE,
+    ) -> None:
         super().__init__()
         self.encoder = ProjectionInputPose(cost_dim, hidden, motion_dim)
         self.pose_gru = SepConvGRU(hidden, context + hidden)
-        self.pose_head = PoseHead(hidden, hidden)
+        self.pose_head = PoseHead(hidden, hidden, rotation_scale)
 
     def step(
         self, h: torch.Tensor, context: torch.Tensor, pose: torch.Tensor, cost: torch.Tensor,

@@ -78,6 +78,7 @@ class DataSection:
 class LossSection:
     kind: Literal["supervised", "selfsup"] = "supervised"
     feature_weight: float = 0.0             # direct supervision of the feature-metric cost (0 = spec loss only)
+    pose_param_weight: float = 0.0          # direct supervision of rotation + translation (0 = spec loss only)
     flip_lr_prob: float = 0.5
 
 

@@ -21,7 +21,7 @@ from dro_sfm.errors import CheckpointError, ConfigError
 from dro_sfm.geometry.pose import euler_vec_to_matrix
 from dro_sfm.losses.feature import feature_contrastive_loss
 from dro_sfm.losses.photometric import photometric_loss
-from dro_sfm.losses.supervised import supervised_loss
+from dro_sfm.losses.supervised import pose_parameter_term, supervised_loss
 from dro_sfm.models.dro import DroNet
 from dro_sfm.models.predict import DroModel, ModelInfo
 from dro_sfm.train.config import TrainConfig, config_to_dict
@@ -207,6 +207,11 @@ class Trainer:
             ) / len(refs)
             loss = loss + cfg.loss.feature_weight * feat
             terms["feature"] = float(feat.detach())
+        if cfg.loss.pose_param_weight > 0 and "T_ref_from_tgt" in batch:
+            gt_mats = list(batch["T_ref_from_tgt"].float().unbind(1))
+            pose_param = pose_parameter_term(per_pred, gt_mats)
+            loss = loss + cfg.loss.pose_param_weight * pose_param
+            terms["pose_param"] = float(pose_param.detach())
         return loss, terms, {"out": out, "poses": poses}
 
     def _ddp_forward(self, target, refs, K):
