@@ -1,6 +1,6 @@
 """Export the default model from its training run and write its model card with measured numbers.
 
-    python benchmarks/make_model_card.py --run runs/default_small_v2 --samples 200
+    python benchmarks/make_model_card.py --run runs/default_small_v3 --samples 200
 
 Writes dro_sfm/weights/default_small.pt, dro_sfm/weights/README.md, training_curves.png,
 error_vs_iterations.png, scores.json (the full scorecard) and regression_scores.json (a small reserved
@@ -99,6 +99,8 @@ def main() -> None:
         f"| {r['kind']} | {r['predictor'].split('-')[1]} | {r['abs_rel']:.3f} | {r['abs_rel_median_scaled']:.3f} | "
         f"{r['rot_deg']:.3f} | {r['tdir_deg']:.2f} |" for r in sorted(its, key=lambda r: (r["kind"],
                                                                                           int(r["predictor"][4:]))))
+    w_pose = cfg["loss"].get("pose_param_weight", 0.0)
+    pose_param = f" + {w_pose} × direct pose term (chordal rotation + translation distance)" if w_pose else ""
     card = f"""# dro-sfm default model (`default_small.pt`)
 
 The model `reconstruct`, `predict` and the README's main job use when no `--weights` is given.
@@ -110,7 +112,8 @@ The model `reconstruct`, `predict` and the README's main job use when no `--weig
 | training data | synthetic indoor rooms + outdoor streets from dro-sfm's engine, rendered on the fly \
 ({cfg['data']['height']}×{cfg['data']['width']}, one reference each side); no real images |
 | loss | spec supervised loss (inverse-depth L1 + reprojection pose term, γ = 0.85) + \
-{cfg['loss']['feature_weight']} × feature-metric contrastive term |
+{cfg['loss']['feature_weight']} × feature-metric contrastive term{pose_param} |
+| rotation factor | {model.config.pose_rotation_scale} on the pose heads' rotation outputs (official 0.01) |
 | optimiser | Adam lr {cfg['optim']['lr']}, batch {cfg['optim']['batch_size']}, StepLR {cfg['optim']['lr_step']} × \
 {cfg['optim']['lr_gamma']}, grad clip {cfg['optim']['grad_clip']} |
 | steps | {run.step} |
