@@ -70,7 +70,9 @@ def main() -> None:
     ap.add_argument("--run", default="runs/default_small")
     ap.add_argument("--samples", type=int, default=200)
     ap.add_argument("--curve-samples", type=int, default=40)
-    ap.add_argument("--image-shape", type=int, nargs=2, default=(240, 320))
+    ap.add_argument("--image-shape", type=int, nargs=2, default=(240, 320), help="size of the scored samples")
+    ap.add_argument("--process-shape", type=int, nargs=2, default=None,
+                    help="the shipped model's processing shape [default: the run's training shape]")
     ap.add_argument("--notes", default=str(Path(__file__).with_name("model_card_notes.md")),
                     help="Markdown inserted after the card's first paragraph (status, training history)")
     args = ap.parse_args()
@@ -78,7 +80,8 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     run_dir = Path(args.run)
     run = read_training_run(run_dir)
-    model = export_model(run, WEIGHTS_DIR / "default_small.pt", tuple(args.image_shape))
+    process = tuple(args.process_shape or (run.config["data"]["height"], run.config["data"]["width"]))
+    model = export_model(run, WEIGHTS_DIR / "default_small.pt", process)
     curves = training_curves(run_dir / "tb")
     plot_curves(curves, WEIGHTS_DIR / "training_curves.png")
     t0 = time.perf_counter()
@@ -125,7 +128,9 @@ The model `reconstruct`, `predict` and the README's main job use when no `--weig
 ## Accuracy on reserved synthetic samples
 
 Mean over {args.samples} three-view samples per kind from reserved scene seeds (≥ 1e9, never drawn in
-training), at {args.image_shape[0]}×{args.image_shape[1]}; `dro-K` = K total update steps. Rotation and
+training), at {args.image_shape[0]}×{args.image_shape[1]}, processed at the model's {process[0]}×{process[1]} \
+(its training shape; `predict` and `reconstruct` resize the same way, as the official inference does) with
+depth compared at {args.image_shape[0]}×{args.image_shape[1]}; `dro-K` = K total update steps. Rotation and
 translation-direction errors are averaged over both references. Scoring took {t_score / 60:.1f} min.
 
 {table}

@@ -147,11 +147,13 @@ def plot_error_vs_iterations(rows: list[dict], out_png: Path) -> None:
     plt.close(fig)
 
 
-def write_regression_scores(model: DroModel, path: Path, n_samples: int = 6) -> dict:
+def write_regression_scores(model: DroModel, path: Path, n_samples: int = 6,
+                            sample_shape: tuple[int, int] = (240, 320)) -> dict:
     """Scores on a small reserved set, stored beside the model so a test can re-score and compare."""
-    rows = score(model, n_samples=n_samples, height=model.info.image_shape[0], width=model.info.image_shape[1],
+    rows = score(model, n_samples=n_samples, height=sample_shape[0], width=sample_shape[1],
                  iterations=(model.config.total_steps,), progress=False, baselines=False)
-    data = {"n_samples": n_samples, "image_shape": list(model.info.image_shape), "rows": rows_to_dicts(rows)}
+    data = {"n_samples": n_samples, "image_shape": list(sample_shape), "process_shape": list(model.info.image_shape),
+            "rows": rows_to_dicts(rows)}
     atomic_write_text(path, json.dumps(data, indent=1))
     return data
 

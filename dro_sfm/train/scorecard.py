@@ -85,8 +85,13 @@ def score(
     iterations: tuple[int, ...] = (0, 4, 12),
     progress: bool = True,
     baselines: bool = True,
+    process_shape: tuple[int, int] | None = None,
 ) -> list[ScoreRow]:
-    """Mean errors of ``model`` (at each total iteration count) and the trivial baselines."""
+    """Mean errors of ``model`` (at each total iteration count) and the trivial baselines.
+
+    Samples are rendered at ``height``×``width``; the network runs at ``process_shape`` (default: the model's
+    own processing shape, as ``predict`` and ``reconstruct`` do) and its depth is compared at the sample size.
+    """
     rows: list[ScoreRow] = []
     steps = model.config.steps_per_stage
     for kind in kinds:
@@ -99,7 +104,7 @@ def score(
             T_gt = s["T_ref_from_tgt"].numpy()
             target, refs, K = s["target"], list(s["refs"]), s["K"]
             for it in iterations:
-                pred = model.predict(target, refs, K, image_shape=(height, width), stages=it // steps,
+                pred = model.predict(target, refs, K, image_shape=process_shape, stages=it // steps,
                                      steps_per_stage=steps)
                 depth = pred.depth[0, 0].cpu().numpy()
                 rot, tdir = _pose_errors(pred.T_ref_from_tgt[0].double().cpu().numpy(), T_gt)
