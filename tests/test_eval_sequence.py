@@ -196,3 +196,12 @@ def test_mismatches_are_errors(frames, datasets, tmp_path) -> None:
     meta: dict = {}
     _check_alignment(cams, cams.frames[0].K * 1.1, gt[0], (48, 64), meta)
     assert "intrinsics_differ" in meta
+    # Another aspect ratio with the dataset's intrinsics scaled by both factors is a plain (anisotropic) resize,
+    # as when a model processes 240x320 frames at 128x160.
+    H, W = 60, 64
+    K_scaled = np.array(gt[0].K, dtype=np.float64)
+    K_scaled[0] *= cams.width / W
+    K_scaled[1] *= cams.height / H
+    meta = {}
+    _check_alignment(cams, K_scaled, gt[0], (H, W), meta)
+    assert meta["anisotropic_resize"] == [cams.width / W, cams.height / H] and "intrinsics_differ" not in meta

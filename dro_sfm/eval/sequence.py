@@ -271,18 +271,27 @@ def load_sample(root: Path, run: RunCameras, gt: Sequence[GtFrame], pairs: Seque
 
 def _check_alignment(run: RunCameras, K_run: np.ndarray, gt: GtFrame, gt_shape: tuple[int, int],
                      meta: dict[str, Any]) -> None:
-    """Refuse a run image that is not a resize of the GT image; note differing intrinsics."""
+    """Refuse a run image that is not a resize of the GT image; note differing intrinsics.
+
+    A model's processing shape may have another aspect ratio than the input (the default model runs at 128×160
+    on 240×320 frames): such a run is still a plain resize when its intrinsics are the dataset's scaled by the
+    two factors. With another aspect ratio and other intrinsics it is a crop or another camera: refused.
+    """
     H, W = gt_shape
     sx, sy = run.width / W, run.height / H
-    if abs(sx - sy) > _ASPECT_TOLERANCE * max(sx, sy):
-        raise InputError(
-            f"run frames are {run.width}x{run.height} but the ground truth is {W}x{H}: the aspect ratio differs, so "
-            "the run images are not a plain resize of the input and cannot be compared pixel by pixel"
-        )
     K_expected = np.array(gt.K, dtype=np.float64)
     K_expected[0] *= sx
     K_expected[1] *= sy
-    if not np.allclose(K_run, K_expected, rtol=0.01, atol=0.5 * max(sx, sy)):
+    plain_resize = np.allclose(K_run, K_expected, rtol=0.01, atol=0.5 * max(sx, sy))
+    if abs(sx - sy) > _ASPECT_TOLERANCE * max(sx, sy):
+        if not plain_resize:
+            raise InputError(
+                f"run frames are {run.width}x{run.height} but the ground truth is {W}x{H}: the aspect ratio differs "
+                "and the run's intrinsics are not the dataset's scaled to that size, so the run images are not a "
+                "plain resize of the input and cannot be compared pixel by pixel"
+            )
+        meta["anisotropic_resize"] = [sx, sy]
+    if not plain_resize:
         meta["intrinsics_differ"] = {"run": K_run.tolist(), "dataset_scaled": K_expected.tolist()}
 
 
