@@ -182,8 +182,11 @@ def reconstruct_command(input_path: str | None, out_dir: str, sample: bool, weig
 @click.option("--set", "assignments", multiple=True, metavar="KEY=VALUE",
               help="Override a config value (YAML), e.g. --set optim.lr=1e-4 --set model.overrides.stages=1.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--compact", is_flag=True,
+              help="Rewrite OUT/checkpoint.pt without the optimiser state (a third of the size, e.g. to commit it) "
+                   "and exit; --resume from it restarts Adam's moment estimates.")
 def train_command(config: str, resume: bool, steps: int | None, out_dir: str | None, data_root: str | None,
-                  assignments: tuple[str, ...], quiet: bool) -> None:
+                  assignments: tuple[str, ...], quiet: bool, compact: bool) -> None:
     """Train DRO from the YAML file CONFIG (see configs/); run it under torchrun for several processes."""
     import logging
     import os
@@ -195,6 +198,14 @@ def train_command(config: str, resume: bool, steps: int | None, out_dir: str | N
         logging.basicConfig(level=logging.INFO if main_rank else logging.WARNING, format="%(levelname)s: %(message)s")
 
     cfg = prepare_config(config, out_dir=out_dir, data_root=data_root, overrides=assignments)
+    if compact:
+        from pathlib import Path
+
+        from dro_sfm.train.trainer import CHECKPOINT_NAME, compact_checkpoint
+
+        path = Path(cfg.out_dir) / CHECKPOINT_NAME
+        click.echo(f"{path}: {compact_checkpoint(path) / 2**20:.1f} MB without optimiser state")
+        return
     summary = run_training(cfg, resume=resume, max_steps=steps, progress=not quiet,
                            source=f"dro-sfm train {config}")
     if not summary.is_main:

@@ -18,14 +18,9 @@ from dro_sfm.train.launch import apply_overrides
 from dro_sfm.train.trainer import Trainer
 
 H, W = 128, 160
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _scene(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -41,8 +36,7 @@ def _scene(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def _translation_only(translation: torch.Tensor) -> torch.Tensor:
     """[1,3] -> [1,4,4] with identity rotation (differentiable in the translation)."""
-    T = torch.eye(4).unsqueeze(0).repeat(1, 1, 1)
-    return torch.cat([torch.cat([T[:, :3, :3], translation.unsqueeze(-1)], -1), T[:, 3:]], 1)
+    return euler_vec_to_matrix(torch.cat([translation, torch.zeros_like(translation)], -1))
 
 
 def test_pose_parameter_term_is_zero_at_the_truth_with_finite_gradients() -> None:

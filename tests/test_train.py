@@ -26,7 +26,7 @@ from dro_sfm.train.config import TrainConfig
 from dro_sfm.train.datasets import build_dataset, collate
 from dro_sfm.train.launch import apply_overrides
 from dro_sfm.train.real_datasets import resize_depth
-from dro_sfm.train.trainer import Trainer
+from dro_sfm.train.trainer import CHECKPOINT_NAME, Trainer, compact_checkpoint
 
 # A network small enough for a CPU test step in well under a second at 64x96.
 TINY_MODEL = (
@@ -326,6 +326,24 @@ def test_resume_equals_uninterrupted(tmp_path: Path) -> None:
         assert torch.allclose(value, full_params[key], atol=1e-6, rtol=0), key
 
 
+def test_compact_checkpoint_resumes_with_fresh_adam_and_everything_else_restored(tmp_path: Path, caplog) -> None:
+    root, _ = write_box_dataset("7scenes", tmp_path / "data", n=8)
+    cfg = tiny_config(tmp_path / "run", "7scenes", root, "optim.steps=5", "optim.lr_step=2")
+    Trainer(cfg).run(max_steps=3, progress=False)
+    path = Path(cfg.out_dir) / CHECKPOINT_NAME
+    full_size = path.stat().st_size
+    weights = {k: v.clone() for k, v in Trainer(cfg, resume=True).net.state_dict().items()}
+    assert compact_checkpoint(path) < 0.5 * full_size  # Adam keeps two moments per parameter
+    with caplog.at_level("WARNING"):
+        resumed = Trainer(cfg, resume=True)
+    assert "without optimiser state" in caplog.text
+    assert resumed.step == 3 and resumed.scheduler.get_last_lr()[0] == pytest.approx(2e-4 * 0.5)
+    assert resumed.optimizer.state_dict()["state"] == {}
+    for key, value in resumed.net.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+    assert [r.step for r in resumed.run(progress=False)] == [4, 5]
+
+
 # ---------------------------------------------------------------------------------------------- CLI
 def _write_config(path: Path, root: Path) -> Path:
     path.write_text(
@@ -377,6 +395,9 @@ def test_cli_trains_and_rejects_bad_checkpoints(tmp_path: Path) -> None:
     (out / "checkpoint.pt").write_bytes(good)
     res = runner.invoke(main, ["train", str(config), "--out", str(out), "--resume", *tiny])
     assert res.exit_code == 0 and "nothing to do" in res.output, res.output
+    res = runner.invoke(main, ["train", str(config), "--out", str(out), "--compact", *tiny])
+    assert res.exit_code == 0 and "without optimiser state" in res.output, res.output
+    assert (out / "checkpoint.pt").stat().st_size < 0.5 * len(good)
     bad = runner.invoke(main, ["train", str(config), "--set", "optim.lr=fast"])
     assert bad.exit_code == 1 and "optim.lr" in bad.output
 

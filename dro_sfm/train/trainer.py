@@ -64,6 +64,34 @@ def reinitialise(net: torch.nn.Module, names: list[str]) -> None:
             m.reset_parameters()
 
 
+def read_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict:
+    """Load a training checkpoint written by ``Trainer``; a missing, corrupt or foreign file is a CheckpointError."""
+    if not path.is_file():
+        raise CheckpointError(f"cannot resume: {path} does not exist; start without --resume")
+    try:
+        payload = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise CheckpointError(f"cannot resume from {path}: the file is corrupt or truncated ({err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != TRAIN_FORMAT:
+        raise CheckpointError(f"{path} is not a dro-sfm training checkpoint")
+    return payload
+
+
+def compact_checkpoint(path: Path) -> int:
+    """Rewrite a training checkpoint without the optimiser state (Adam's moments: two thirds of the file).
+
+    Sessions on this project's machines do not survive, so a run's checkpoint is committed; the compact file
+    is small enough for that. Returns the new size in bytes.
+    """
+    payload = read_checkpoint(path)
+    payload.pop("optimizer", None)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+    return path.stat().st_size
+
+
 def init_distributed(device: str) -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): gloo on CPU, NCCL on GPU."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -155,14 +183,7 @@ class Trainer:
 
     def load_checkpoint(self, path: Path) -> None:
         """Restore model, optimiser, scheduler, RNG state and step; a missing or foreign file is an error."""
-        if not path.is_file():
-            raise CheckpointError(f"cannot resume: {path} does not exist; start without --resume")
-        try:
-            payload = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
-            raise CheckpointError(f"cannot resume from {path}: the file is corrupt or truncated ({err})") from err
-        if not isinstance(payload, dict) or payload.get("format") != TRAIN_FORMAT:
-            raise CheckpointError(f"{path} is not a dro-sfm training checkpoint")
+        payload = read_checkpoint(path, self.device)
         try:
             self.net.load_state_dict(payload["model"])
         except RuntimeError as err:
@@ -170,7 +191,11 @@ class Trainer:
                 f"{path} was written for a different model configuration; use the config it was trained with "
                 f"({str(err)[:200]})"
             ) from err
-        self.optimizer.load_state_dict(payload["optimizer"])
+        if "optimizer" in payload:
+            self.optimizer.load_state_dict(payload["optimizer"])
+        else:
+            log.warning("%s is a compact checkpoint without optimiser state: Adam restarts its moment "
+                           "estimates at step %d (everything else continues exactly)", path, payload["step"])
         self.scheduler.load_state_dict(payload["scheduler"])
         _set_rng_state(payload["rng"])
         self.step = int(payload["step"])
@@ -190,8 +215,8 @@ class Trainer:
         mats = euler_vec_to_matrix(poses)
         per_pred = [[mats[:, v, k] for v in range(mats.shape[1])] for k in range(mats.shape[2])]
         terms: dict[str, float] = {}
+        gt_mats = list(batch["T_ref_from_tgt"].float().unbind(1)) if "T_ref_from_tgt" in batch else None
         if cfg.loss.kind == "supervised":
-            gt_mats = list(batch["T_ref_from_tgt"].float().unbind(1))
             d = cfg.data
             sup = supervised_loss(inv_preds, per_pred, batch["depth"], gt_mats, K, d.min_depth, d.max_depth)
             loss = sup.total
@@ -207,8 +232,7 @@ class Trainer:
             ) / len(refs)
             loss = loss + cfg.loss.feature_weight * feat
             terms["feature"] = float(feat.detach())
-        if cfg.loss.pose_param_weight > 0 and "T_ref_from_tgt" in batch:
-            gt_mats = list(batch["T_ref_from_tgt"].float().unbind(1))
+        if cfg.loss.pose_param_weight > 0 and gt_mats is not None:
             pose_param = pose_parameter_term(per_pred, gt_mats)
             loss = loss + cfg.loss.pose_param_weight * pose_param
             terms["pose_param"] = float(pose_param.detach())
