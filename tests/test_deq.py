@@ -402,6 +402,52 @@ def test_trainer_overfits_one_batch_in_deq_mode(tmp_path) -> None:
     assert np.median(losses[-5:]) < 0.5 * losses[0], losses
 
 
+def test_train_residual_is_the_solver_residual_of_the_last_state() -> None:
+    """extras["deq_residual"] = ||f(z) - z|| of the last supervised state, in the solver's units; grads reach f."""
+    torch.manual_seed(0)
+    net = use_deq(bn_eval(DroNet(tiny_config())), forward_solver="anderson", max_steps=6, n_states=2,
+                  train_residual=True)
+    target, refs, K = inputs()
+    out = net.forward_full(target, refs, K)
+    residual = out.extras["deq_residual"]
+    assert residual.dim() == 0 and residual.requires_grad
+    # the same number from an eval solve started at the last state with one plain iteration
+    net.eval()
+    state = DroState(*(t.detach() for t in (out.state.inv_depth, out.state.poses, out.state.h_depth,
+                                               out.state.h_pose)))
+    with torch.no_grad():
+        one = deq_forward(net, target, refs, K, init=state, deq_config=DeqConfig(
+            forward_solver="fixed_point_iter", max_steps=1, n_states=1, tol=0.0), warn=False)
+    assert float(one.extras["deq"].abs_trace[0].mean()) == pytest.approx(float(residual), rel=1e-4)
+    net.train()
+    net.freeze_batchnorm()
+    residual.backward()
+    grads = [p.grad for p in net.update_block_depth.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+    assert all(p.grad is None for p in net.depth_head.parameters())  # the state is detached: only f moves
+
+
+def test_residual_weight_needs_a_deq_model_and_lowers_the_residual(tmp_path) -> None:
+    from test_train import tiny_config as train_config
+    from test_train import write_box_dataset
+
+    from dro_sfm.train.datasets import collate
+    from dro_sfm.train.trainer import Trainer
+
+    root, _ = write_box_dataset("7scenes", tmp_path / "data", n=6)
+    with pytest.raises(ConfigError, match="solver: deq"):
+        Trainer(train_config(tmp_path, "7scenes", root, "loss.deq_residual_weight=1.0"))
+    cfg = train_config(tmp_path, "7scenes", root, "data.augment=false", "optim.lr=1e-3",
+                       "model.overrides.solver=deq", "model.overrides.deq={max_steps: 6, n_states: 2}",
+                       "loss.deq_residual_weight=10.0")
+    trainer = Trainer(cfg)
+    assert trainer.net.config.deq.train_residual
+    batch = collate([trainer.dataset[0], trainer.dataset[1]])
+    residuals = np.array([trainer.train_step(batch).terms["deq_residual"] for _ in range(15)])
+    assert np.isfinite(residuals).all()
+    assert np.median(residuals[-4:]) < 0.5 * residuals[0], residuals
+
+
 # ------------------------------------------------------------------------------------------- warm starts
 def test_warm_start_from_the_solution_needs_almost_no_steps() -> None:
     net = use_deq(contractive_net().eval(), forward_solver="anderson", tol=1e-6, max_steps=60)

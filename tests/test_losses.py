@@ -59,6 +59,20 @@ def test_pose_parameter_term_measures_rotation_and_translation_errors() -> None:
     assert trans_only == pytest.approx(0.02, rel=1e-3)
 
 
+def test_relative_translation_counts_a_short_step_like_a_long_one() -> None:
+    # the same 50 % error on a 4 cm indoor step and on a 1.2 m street step: equal when relative, 30x apart in metres
+    def rel_and_abs(step_m: float) -> tuple[float, float]:
+        T = _translation_only(torch.tensor([[step_m, 0.0, 0.0]]))
+        pred = _translation_only(torch.tensor([[1.5 * step_m, 0.0, 0.0]]))
+        rel = pose_parameter_term([[pred]], [T], translation="relative", translation_weight=0.1).item()
+        return rel, pose_parameter_term([[pred]], [T]).item()
+
+    (rel_in, abs_in), (rel_out, abs_out) = rel_and_abs(0.04), rel_and_abs(1.2)
+    assert rel_in == pytest.approx(0.1 * 0.5 * 0.04 / 0.041, rel=1e-3)
+    assert rel_out == pytest.approx(0.1 * 0.5, rel=1e-2)
+    assert abs_out / abs_in == pytest.approx(30.0, rel=1e-3)
+
+
 def test_pose_parameter_term_weights_predictions_like_the_spec() -> None:
     _, _, T = _scene()
     wrong = _translation_only(torch.tensor([[0.1, 0.0, 0.0]])) @ T

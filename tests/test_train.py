@@ -443,6 +443,20 @@ def test_reinit_resets_the_named_modules_after_the_warm_start(tmp_path: Path) ->
         assert bool((p != 0.5).any()) == redrawn, name
 
 
+def test_warm_start_from_another_runs_training_checkpoint(tmp_path: Path) -> None:
+    """model.init_weights also takes a run's checkpoint.pt: its weights, but a fresh step, optimiser and schedule."""
+    base = ["data.kind=synthetic", "data.height=64", "data.width=96", TINY_MODEL]
+    donor = Trainer(apply_overrides(TrainConfig(), base + [f"out_dir={tmp_path / 'donor'}"]))
+    for p in donor.net.parameters():
+        p.data.fill_(0.25)
+    donor.step = 7
+    ckpt = donor.save_checkpoint()
+    trainer = Trainer(apply_overrides(TrainConfig(), base + [f"out_dir={tmp_path / 'run'}",
+                                                             f"model.init_weights={ckpt}"]))
+    assert trainer.step == 0
+    assert all(bool((p == 0.25).all()) for p in trainer.net.parameters())
+
+
 @pytest.mark.parametrize(("value", "message"), [
     ("[no_such_head]", "no module 'no_such_head'"),
     ("[update_block_pose.pose_head.relu]", "no parameters"),

@@ -43,6 +43,9 @@ class DeqConfig:
     backward_max_steps: int = 24
     backward_tol: float = 1e-6
     coupling: Literal["jacobi", "gauss_seidel"] = "jacobi"
+    # Training only: evaluate f once more at the last supervised state and return the fixed-point residual
+    # ||f(z) - z|| (extras["deq_residual"]) for a loss; set by the trainer when loss.deq_residual_weight > 0.
+    train_residual: bool = False
 
     def __post_init__(self) -> None:
         choices = {

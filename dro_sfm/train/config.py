@@ -27,7 +27,9 @@ class ModelSection:
     # Modules re-initialised after the warm start, e.g. heads whose ReLUs all died (see `activity/*` in the logs)
     reinit: list[str] = field(default_factory=list)
 
-    def build_config(self, min_depth: float, max_depth: float) -> DroConfig:
+    def build_config(self, min_depth: float, max_depth: float, deq_train_residual: bool = False) -> DroConfig:
+        """The network's config; ``deq_train_residual`` makes a DEQ model return its fixed-point residual in
+        training (for ``loss.deq_residual_weight``)."""
         if self.official_version is not None:
             from dro_sfm.models.official import parse_official_version
 
@@ -40,12 +42,17 @@ class ModelSection:
         try:
             if isinstance(overrides.get("encoder"), dict):  # YAML gives a mapping for the nested dataclass
                 overrides["encoder"] = dataclasses.replace(cfg.encoder, **overrides["encoder"])
-            return cfg.with_(**overrides)
+            cfg = cfg.with_(**overrides)
         except TypeError as err:
             raise ConfigError(f"model.overrides: {err}") from err
+        if deq_train_residual:
+            if cfg.solver != "deq":
+                raise ConfigError("loss.deq_residual_weight > 0 needs a DEQ model: set model.overrides.solver: deq")
+            cfg = cfg.with_(deq=dataclasses.replace(cfg.deq, train_residual=True))
+        return cfg
 
-    def build(self, min_depth: float, max_depth: float) -> DroNet:
-        return DroNet(self.build_config(min_depth, max_depth))
+    def build(self, min_depth: float, max_depth: float, deq_train_residual: bool = False) -> DroNet:
+        return DroNet(self.build_config(min_depth, max_depth, deq_train_residual))
 
 
 @dataclass
@@ -79,6 +86,11 @@ class LossSection:
     kind: Literal["supervised", "selfsup"] = "supervised"
     feature_weight: float = 0.0             # direct supervision of the feature-metric cost (0 = spec loss only)
     pose_param_weight: float = 0.0          # direct supervision of rotation + translation (0 = spec loss only)
+    # How the direct term measures translation: metres, or relative to the true step length
+    pose_param_translation: Literal["absolute", "relative"] = "absolute"
+    pose_param_translation_weight: float = 1.0
+    # DEQ models: weight of the fixed-point residual ||f(z) - z|| at the last supervised state (0 = off)
+    deq_residual_weight: float = 0.0
     flip_lr_prob: float = 0.5
 
 

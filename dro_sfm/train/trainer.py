@@ -129,6 +129,17 @@ def _seed_step(seed: int, step: int, rank: int) -> None:
     random.seed(s)
 
 
+def initial_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Weights to warm-start from: a model file (ours or official) or another run's training checkpoint."""
+    from dro_sfm.models.checkpoint import read_checkpoint_file
+
+    if Path(path).is_file():
+        payload = read_checkpoint_file(Path(path))
+        if isinstance(payload, dict) and payload.get("format") == TRAIN_FORMAT:
+            return payload["model"]
+    return DroModel.load(path).net.state_dict()
+
+
 class Trainer:
     """Trains a ``DroNet`` from a ``TrainConfig``; ``run()`` continues from the checkpoint with ``resume``."""
 
@@ -139,10 +150,9 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         d = cfg.data
         torch.manual_seed(cfg.seed)  # the initial weights, like every step, follow from the seed
-        self.net = cfg.model.build(d.min_depth, d.max_depth).to(self.device)
+        self.net = cfg.model.build(d.min_depth, d.max_depth, cfg.loss.deq_residual_weight > 0).to(self.device)
         if cfg.model.init_weights:
-            src = DroModel.load(cfg.model.init_weights).net
-            self.net.load_state_dict(src.state_dict(), strict=True)
+            self.net.load_state_dict(initial_state_dict(cfg.model.init_weights), strict=True)
         reinitialise(self.net, cfg.model.reinit)
         self.model: torch.nn.Module = self.net
         if self.dist.world > 1:
@@ -233,9 +243,16 @@ class Trainer:
             loss = loss + cfg.loss.feature_weight * feat
             terms["feature"] = float(feat.detach())
         if cfg.loss.pose_param_weight > 0 and gt_mats is not None:
-            pose_param = pose_parameter_term(per_pred, gt_mats)
+            lc = cfg.loss
+            pose_param = pose_parameter_term(
+                per_pred, gt_mats, lc.pose_param_translation, lc.pose_param_translation_weight
+            )
             loss = loss + cfg.loss.pose_param_weight * pose_param
             terms["pose_param"] = float(pose_param.detach())
+        if cfg.loss.deq_residual_weight > 0:
+            residual = out.extras["deq_residual"]
+            loss = loss + cfg.loss.deq_residual_weight * residual
+            terms["deq_residual"] = float(residual.detach())
         return loss, terms, {"out": out, "poses": poses}
 
     def _ddp_forward(self, target, refs, K):
