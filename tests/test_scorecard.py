@@ -40,3 +40,23 @@ def test_score_reports_model_and_baselines() -> None:
     for r in rows:
         assert r.n == 1 and np.isfinite(r.rot_deg)
     assert "| indoor | dro-2 |" in rows_to_markdown(rows)
+
+
+def test_score_runs_the_network_at_the_models_processing_shape() -> None:
+    """Samples rendered at 64x96 reach a 32x48 model at 32x48 (its own shape), and at an explicit shape when given."""
+    torch.manual_seed(0)
+    model = DroModel(DroNet(small_config(stages=1, steps_per_stage=1)), ModelInfo(image_shape=(32, 48)))
+    seen: list[tuple[int, int]] = []
+    original = model.net.forward_full
+
+    def spy(target, refs, K, *args, **kwargs):
+        seen.append(tuple(target.shape[-2:]))
+        return original(target, refs, K, *args, **kwargs)
+
+    model.net.forward_full = spy
+    kw = dict(kinds=("indoor",), n_samples=1, height=64, width=96, iterations=(1,), progress=False, baselines=False)
+    rows = score(model, **kw)
+    assert seen == [(32, 48)] and np.isfinite(rows[0].abs_rel)
+    seen.clear()
+    score(model, process_shape=(64, 96), **kw)
+    assert seen == [(64, 96)]
