@@ -65,6 +65,20 @@ def head_activity_table(model, n: int = 8) -> str:
     return "\n".join(lines)
 
 
+def motion_table(n: int, shapes: list[tuple[int, int]]) -> str:
+    """How far the reserved samples move in the image, per kind and image size (Markdown)."""
+    from dro_sfm.train.scorecard import motion_statistics
+
+    lines = ["| kind | size | translation parallax px: median (p10–p90) | rotation-induced motion px (median) |",
+             "|---|---|---|---|"]
+    for kind in ("indoor", "outdoor"):
+        for h, w in shapes:
+            m = motion_statistics(kind, n, h, w)
+            lines.append(f"| {kind} | {h}×{w} | {m['parallax_median']:.1f} ({m['parallax_p10']:.1f}–"
+                         f"{m['parallax_p90']:.1f}) | {m['rotation_flow_median']:.1f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", default="runs/default_small")
@@ -93,6 +107,7 @@ def main() -> None:
     regression = write_regression_scores(model, WEIGHTS_DIR / "regression_scores.json")
     real = real_sample_numbers(model)
     activity = head_activity_table(model)
+    motion = motion_table(args.curve_samples, sorted({tuple(process), tuple(args.image_shape)}))
     notes = Path(args.notes).read_text().strip() + "\n\n" if args.notes and Path(args.notes).is_file() else ""
     cfg = run.config
     config_path = f"configs/{cfg['name']}.yaml"
@@ -103,7 +118,12 @@ def main() -> None:
         f"{r['rot_deg']:.3f} | {r['tdir_deg']:.2f} |" for r in sorted(its, key=lambda r: (r["kind"],
                                                                                           int(r["predictor"][4:]))))
     w_pose = cfg["loss"].get("pose_param_weight", 0.0)
-    pose_param = f" + {w_pose} × direct pose term (chordal rotation + translation distance)" if w_pose else ""
+    if cfg["loss"].get("pose_param_translation", "absolute") == "relative":
+        w_t = cfg["loss"].get("pose_param_translation_weight", 1.0)
+        translation = f"{w_t} × translation distance relative to the true step length"
+    else:
+        translation = "translation distance in metres"
+    pose_param = f" + {w_pose} × direct pose term (chordal rotation + {translation})" if w_pose else ""
     card = f"""# dro-sfm default model (`default_small.pt`)
 
 The model `reconstruct`, `predict` and the README's main job use when no `--weights` is given.
@@ -137,6 +157,14 @@ translation-direction errors are averaged over both references. Scoring took {t_
 
 Baselines: *constant depth* predicts the training median depth everywhere with zero motion (translation
 direction undefined); *constant motion* predicts the mean training motion of each reference.
+
+## How far the samples move in the image
+
+Median over the valid pixels of each reference view, then over {args.curve_samples} reserved samples per kind.
+Translation parallax is the image motion that carries depth and the translation direction: the difference
+between projecting with the true (R, t) and with R alone. Stride-8 feature maps see an eighth of it.
+
+{motion}
 
 ## Error vs iteration count ({args.curve_samples} samples per kind)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -60,3 +61,17 @@ def test_score_runs_the_network_at_the_models_processing_shape() -> None:
     seen.clear()
     score(model, process_shape=(64, 96), **kw)
     assert seen == [(64, 96)]
+
+
+def test_image_motion_separates_translation_parallax_from_rotation() -> None:
+    from dro_sfm.geometry.pose import euler_vec_to_matrix
+    from dro_sfm.train.scorecard import image_motion_px
+
+    depth = np.full((24, 32), 4.0)  # a fronto-parallel wall 4 m away
+    K = np.array([[100.0, 0, 15.5], [0, 100.0, 11.5], [0, 0, 1]])
+    sideways = euler_vec_to_matrix(torch.tensor([[0.08, 0, 0, 0, 0, 0]], dtype=torch.float64))[0].numpy()
+    parallax, rot = image_motion_px(depth, K, sideways)
+    assert parallax == pytest.approx(100.0 * 0.08 / 4.0) and rot == pytest.approx(0.0, abs=1e-9)
+    yaw = euler_vec_to_matrix(torch.tensor([[0, 0, 0, 0, 0.01, 0]], dtype=torch.float64))[0].numpy()
+    parallax, rot = image_motion_px(depth, K, yaw)
+    assert parallax == pytest.approx(0.0, abs=1e-9) and rot == pytest.approx(100.0 * 0.01, rel=0.02)

@@ -75,6 +75,42 @@ def training_statistics(kind: str, n: int = 64, height: int = 120, width: int = 
     return {"median_depth": float(np.median(depths)), "mean_motion": mean_T}
 
 
+def image_motion_px(depth: np.ndarray, K: np.ndarray, T_ref_from_tgt: np.ndarray) -> tuple[float, float]:
+    """Median image motion (px) of depth [H,W]'s valid pixels in a reference: (from translation, from rotation).
+
+    The translation part is the parallax that carries depth and translation direction: the displacement
+    between projecting with (R, t) and with R alone. The rotation part is the displacement R alone causes.
+    """
+    v, u = np.nonzero(depth > 0)
+    pix = np.stack([u, v, np.ones_like(u)]).astype(np.float64)  # [3,M]
+    points = np.linalg.inv(K) @ pix * depth[v, u]
+    R, t = T_ref_from_tgt[:3, :3], T_ref_from_tgt[:3, 3:4]
+
+    def project(X: np.ndarray) -> np.ndarray:
+        q = K @ X
+        return q[:2] / q[2]
+
+    rotated = R @ points
+    parallax = np.linalg.norm(project(rotated + t) - project(rotated), axis=0)
+    rotation_flow = np.linalg.norm(project(rotated) - pix[:2], axis=0)
+    return float(np.median(parallax)), float(np.median(rotation_flow))
+
+
+def motion_statistics(kind: str, n_samples: int, height: int, width: int) -> dict[str, float]:
+    """Over reserved samples at height×width: median and 10th/90th percentiles of the per-reference median
+    translation parallax, and the median rotation-induced motion (px)."""
+    ds = reserved_dataset(kind, height, width)
+    par, rot = [], []
+    for i in range(n_samples):
+        s = ds[i]
+        for T in s["T_ref_from_tgt"].double().numpy():
+            p, r = image_motion_px(s["depth"][0].double().numpy(), s["K"].double().numpy(), T)
+            par.append(p)
+            rot.append(r)
+    return {"parallax_median": float(np.median(par)), "parallax_p10": float(np.percentile(par, 10)),
+            "parallax_p90": float(np.percentile(par, 90)), "rotation_flow_median": float(np.median(rot))}
+
+
 @torch.no_grad()
 def score(
     model: DroModel,
