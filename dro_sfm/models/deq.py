@@ -133,6 +133,11 @@ class UpdateMap:
         return d_new, p_new.view(B, N, 6), h_d_new, h_p_new.view(h_p.shape), c_depth
 
 
+def _block_squared_change(fz: Sequence[torch.Tensor], z: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-sample squared change of each scaled state block, [B,4] (its row sum is the squared abs residual)."""
+    return torch.stack([(a - b).flatten(1).pow(2).sum(1) for a, b in zip(fz, z)], 1)
+
+
 class _SolverFunction:
     """The function handed to torchdeq: scaled state -> scaled f(state); records the solver's evaluations."""
 
@@ -162,7 +167,7 @@ class _SolverFunction:
 
     @torch.no_grad()
     def _record(self, z: Sequence[torch.Tensor], fz: Sequence[torch.Tensor], c_depth: torch.Tensor) -> None:
-        diff_sq = torch.stack([(a - b).flatten(1).pow(2).sum(1) for a, b in zip(fz, z)], 1)  # [B,4]
+        diff_sq = _block_squared_change(fz, z)
         out_sq = torch.stack([a.flatten(1).pow(2).sum(1) for a in fz], 1)
         abs_res = diff_sq.sum(1).sqrt()
         self.abs.append(abs_res)
@@ -336,8 +341,7 @@ def fixed_point_residual(func: _SolverFunction, z_scaled: Sequence[torch.Tensor]
     constant amount per step and the solver never meets its tolerance (benchmarks/results/deq_video.md).
     """
     z = [t.detach() for t in z_scaled]
-    fz = func(*z)
-    diff_sq = torch.stack([(a - b).flatten(1).pow(2).sum(1) for a, b in zip(fz, z)], 1)  # [B,4]
+    diff_sq = _block_squared_change(func(*z), z)
     return (diff_sq.sum(1) + 1e-12).sqrt().mean()
 
 
