@@ -40,7 +40,24 @@ def test_score_reports_model_and_baselines() -> None:
     assert "constant depth + zero motion" in names and "constant motion (training mean)" in names
     for r in rows:
         assert r.n == 1 and np.isfinite(r.rot_deg)
+    by_name = {r.predictor: r for r in rows}
+    assert by_name["constant depth + zero motion"].translation_scale == 0.0
+    assert by_name["constant motion (training mean)"].translation_scale > 0
+    assert np.isfinite(by_name["dro-2"].depth_scale) and by_name["dro-2"].depth_scale > 0
     assert "| indoor | dro-2 |" in rows_to_markdown(rows)
+
+
+def test_scale_ratios_measure_metric_bias() -> None:
+    """Depth twice too far reads 2; a translation half as long reads 0.5 whatever its direction."""
+    from dro_sfm.train.scorecard import _depth_scale, _translation_scale
+
+    gt = np.random.default_rng(0).uniform(1.0, 5.0, (16, 16))
+    assert _depth_scale(2.0 * gt, gt) == pytest.approx(2.0)
+    T_gt = np.stack([np.eye(4)] * 2)
+    T_gt[:, :3, 3] = [[0.1, 0.0, 0.0], [0.0, 0.0, -0.2]]
+    T_pred = np.stack([np.eye(4)] * 2)
+    T_pred[:, :3, 3] = [[0.0, 0.05, 0.0], [0.0, -0.1, 0.0]]
+    assert _translation_scale(T_pred, T_gt) == pytest.approx(0.5)
 
 
 def test_score_runs_the_network_at_the_models_processing_shape() -> None:

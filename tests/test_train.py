@@ -417,6 +417,7 @@ def test_validation_scores_in_eval_mode_without_changing_training(tmp_path: Path
 
     tags = EventAccumulator(str(tmp_path / "b" / "tb")).Reload().Tags()["scalars"]
     assert "val_indoor/abs_rel_it0" in tags and "val_indoor/rot_deg_it0" in tags
+    assert "val_indoor/depth_scale_it0" in tags and "val_indoor/translation_scale_it0" in tags
 
 
 def test_reinit_resets_the_named_modules_after_the_warm_start(tmp_path: Path) -> None:

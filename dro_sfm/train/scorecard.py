@@ -3,7 +3,9 @@
 Samples come from scene seeds at or above ``RESERVED_SEED_START``, which training never draws. Each sample
 is a three-view window (previous, target, next). Reported per scene kind: depth AbsRel (metric and
 median-scaled), rotation error, translation-direction error of both references, for several iteration
-counts, and for the baselines: constant depth (the training median) and zero / constant motion.
+counts, and for the baselines: constant depth (the training median) and zero / constant motion. Two scale
+ratios say where metric errors come from: the depth scale (median of predicted / true depth, averaged over
+samples; 1 = no bias) and the translation-length ratio (|t_pred| / |t_true|, averaged over references).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class ScoreRow:
     rot_deg: float
     tdir_deg: float
     n: int
+    depth_scale: float = float("nan")
+    translation_scale: float = float("nan")
 
 
 def _abs_rel(pred: np.ndarray, gt: np.ndarray, median_scale: bool) -> float:
@@ -42,6 +46,19 @@ def _abs_rel(pred: np.ndarray, gt: np.ndarray, median_scale: bool) -> float:
     if median_scale:
         p = p * np.median(g / p)
     return float(np.mean(np.abs(p - g) / g))
+
+
+def _depth_scale(pred: np.ndarray, gt: np.ndarray) -> float:
+    """Median of predicted / true depth over valid pixels (1 = unbiased metric scale)."""
+    ok = (gt > 0) & (pred > 0) & np.isfinite(pred)
+    return float(np.median(pred[ok] / gt[ok])) if ok.sum() >= 10 else float("nan")
+
+
+def _translation_scale(T_pred: np.ndarray, T_gt: np.ndarray) -> float:
+    """Mean over references of |t_pred| / |t_true|; T [N,4,4]."""
+    true_len = np.linalg.norm(T_gt[:, :3, 3], axis=1)
+    ok = true_len > 1e-9
+    return float(np.mean(np.linalg.norm(T_pred[ok, :3, 3], axis=1) / true_len[ok])) if ok.any() else float("nan")
 
 
 def _pose_errors(T_pred: np.ndarray, T_gt: np.ndarray) -> tuple[float, float]:
@@ -133,7 +150,7 @@ def score(
     for kind in kinds:
         stats = training_statistics(kind) if baselines else None
         ds = reserved_dataset(kind, height, width)
-        acc: dict[str, list[tuple[float, float, float, float]]] = {}
+        acc: dict[str, list[tuple[float, ...]]] = {}
         for i in tqdm(range(n_samples), desc=f"score {kind}", disable=not progress):
             s = ds[i]
             gt = s["depth"][0].numpy()
@@ -143,32 +160,39 @@ def score(
                 pred = model.predict(target, refs, K, image_shape=process_shape, stages=it // steps,
                                      steps_per_stage=steps)
                 depth = pred.depth[0, 0].cpu().numpy()
-                rot, tdir = _pose_errors(pred.T_ref_from_tgt[0].double().cpu().numpy(), T_gt)
+                T_pred = pred.T_ref_from_tgt[0].double().cpu().numpy()
                 acc.setdefault(f"dro-{it}", []).append(
-                    (_abs_rel(depth, gt, False), _abs_rel(depth, gt, True), rot, tdir))
+                    (_abs_rel(depth, gt, False), _abs_rel(depth, gt, True), *_pose_errors(T_pred, T_gt),
+                     _depth_scale(depth, gt), _translation_scale(T_pred, T_gt)))
             if stats is None:
                 continue
             const = np.full_like(gt, stats["median_depth"])
             zero = np.stack([np.eye(4)] * len(T_gt))
             acc.setdefault("constant depth + zero motion", []).append(
-                (_abs_rel(const, gt, False), _abs_rel(const, gt, True), *_pose_errors(zero, T_gt)))
+                (_abs_rel(const, gt, False), _abs_rel(const, gt, True), *_pose_errors(zero, T_gt),
+                 _depth_scale(const, gt), 0.0))
             acc.setdefault("constant motion (training mean)", []).append(
-                (float("nan"), float("nan"), *_pose_errors(stats["mean_motion"], T_gt)))
+                (float("nan"), float("nan"), *_pose_errors(stats["mean_motion"], T_gt),
+                 float("nan"), _translation_scale(stats["mean_motion"], T_gt)))
         for name, vals in acc.items():
             v = np.array(vals, dtype=np.float64)
-            means = [float(np.nanmean(v[:, j])) if np.isfinite(v[:, j]).any() else float("nan") for j in range(4)]
-            rows.append(ScoreRow(name, kind, *means, n=len(vals)))
+            means = [float(np.nanmean(v[:, j])) if np.isfinite(v[:, j]).any() else float("nan")
+                     for j in range(v.shape[1])]
+            rows.append(ScoreRow(name, kind, *means[:4], n=len(vals), depth_scale=means[4],
+                                 translation_scale=means[5]))
     return rows
 
 
 def rows_to_markdown(rows: list[ScoreRow]) -> str:
     """A Markdown table of score rows."""
-    lines = ["| kind | predictor | AbsRel | AbsRel (median-scaled) | rot. err. ° | transl. dir. err. ° | n |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| kind | predictor | AbsRel | AbsRel (median-scaled) | rot. err. ° | transl. dir. err. ° | "
+             "depth scale | transl. length ratio | n |",
+             "|---|---|---|---|---|---|---|---|---|"]
     fmt = lambda x: "–" if not np.isfinite(x) else f"{x:.3f}"  # noqa: E731
     for r in rows:
         lines.append(f"| {r.kind} | {r.predictor} | {fmt(r.abs_rel)} | {fmt(r.abs_rel_median_scaled)} | "
-                     f"{fmt(r.rot_deg)} | {fmt(r.tdir_deg)} | {r.n} |")
+                     f"{fmt(r.rot_deg)} | {fmt(r.tdir_deg)} | {fmt(r.depth_scale)} | {fmt(r.translation_scale)} | "
+                     f"{r.n} |")
     return "\n".join(lines)
 
 

@@ -363,10 +363,12 @@ class Trainer:
     def _validate(self, step: int) -> None:
         for row in self.validation_scores():
             it = row.predictor.split("-")[1]
-            for name in ("abs_rel", "abs_rel_median_scaled", "rot_deg", "tdir_deg"):
+            for name in ("abs_rel", "abs_rel_median_scaled", "rot_deg", "tdir_deg", "depth_scale",
+                         "translation_scale"):
                 self.writer.add_scalar(f"val_{row.kind}/{name}_it{it}", getattr(row, name), step)
-            log.info("step %d val %s %s: abs_rel=%.3f (median-scaled %.3f) rot=%.2f deg tdir=%.1f deg", step,
-                     row.kind, row.predictor, row.abs_rel, row.abs_rel_median_scaled, row.rot_deg, row.tdir_deg)
+            log.info("step %d val %s %s: abs_rel=%.3f (median-scaled %.3f) rot=%.2f deg tdir=%.1f deg "
+                     "depth scale %.2f translation length ratio %.2f", step, row.kind, row.predictor, row.abs_rel,
+                     row.abs_rel_median_scaled, row.rot_deg, row.tdir_deg, row.depth_scale, row.translation_scale)
 
     def _log_images(self, step: int) -> None:
         """Pictures of the last batch, and how alive each head's hidden layer is on it."""
