@@ -23,6 +23,10 @@ from dro_sfm.train.config import DataSection, TrainConfig
 from dro_sfm.train.datasets import SyntheticDataset
 
 
+VALIDATION_FIRST_SAMPLE = 100_000
+"""Training validation and checkpoint selection score reserved samples from here on (cards use 0 …)."""
+
+
 @dataclass
 class ScoreRow:
     """Mean errors of one predictor on one scene kind."""
@@ -139,11 +143,15 @@ def score(
     progress: bool = True,
     baselines: bool = True,
     process_shape: tuple[int, int] | None = None,
+    first_sample: int = 0,
 ) -> list[ScoreRow]:
     """Mean errors of ``model`` (at each total iteration count) and the trivial baselines.
 
     Samples are rendered at ``height``×``width``; the network runs at ``process_shape`` (default: the model's
     own processing shape, as ``predict`` and ``reconstruct`` do) and its depth is compared at the sample size.
+    Samples ``first_sample`` … ``first_sample + n_samples - 1`` of each kind's reserved stream are used: model
+    cards start at 0, training validation at ``VALIDATION_FIRST_SAMPLE``, so checkpoints are never chosen on
+    the samples a card reports.
     """
     rows: list[ScoreRow] = []
     steps = model.config.steps_per_stage
@@ -152,7 +160,7 @@ def score(
         ds = reserved_dataset(kind, height, width)
         acc: dict[str, list[tuple[float, ...]]] = {}
         for i in tqdm(range(n_samples), desc=f"score {kind}", disable=not progress):
-            s = ds[i]
+            s = ds[first_sample + i]
             gt = s["depth"][0].numpy()
             T_gt = s["T_ref_from_tgt"].numpy()
             target, refs, K = s["target"], list(s["refs"]), s["K"]

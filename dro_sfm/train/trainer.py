@@ -346,7 +346,7 @@ class Trainer:
 
     def validation_scores(self) -> list:
         """Eval-mode scorecard rows (0 and all iterations) on ``val_samples`` reserved samples per scene kind."""
-        from dro_sfm.train.scorecard import score
+        from dro_sfm.train.scorecard import VALIDATION_FIRST_SAMPLE, score
 
         d = self.cfg.data
         if d.kind != "synthetic":
@@ -356,7 +356,8 @@ class Trainer:
         model = DroModel(self.net, ModelInfo(name="validation", image_shape=(d.height, d.width), trained=True))
         try:
             return score(model, kinds=kinds, n_samples=self.cfg.val_samples, height=d.height, width=d.width,
-                         iterations=(0, total), progress=False, baselines=False)
+                         iterations=(0, total), progress=False, baselines=False,
+                         first_sample=VALIDATION_FIRST_SAMPLE)
         finally:
             self.net.train()
 
