@@ -22,7 +22,6 @@ from dro_sfm.models.predict import DroModel
 from dro_sfm.train.config import DataSection, TrainConfig
 from dro_sfm.train.datasets import SyntheticDataset
 
-
 VALIDATION_FIRST_SAMPLE = 100_000
 """Training validation and checkpoint selection score reserved samples from here on (cards use 0 …)."""
 
