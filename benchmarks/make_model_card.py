@@ -156,7 +156,9 @@ translation-direction errors are averaged over both references. Scoring took {t_
 {table}
 
 Baselines: *constant depth* predicts the training median depth everywhere with zero motion (translation
-direction undefined); *constant motion* predicts the mean training motion of each reference.
+direction undefined); *constant motion* predicts the mean training motion of each reference; *true shape at the
+training median* is the true depth map rescaled to the training median depth: perfect structure with one fixed
+scale, the best metric AbsRel a model can reach without reading each scene's absolute scale from its images.
 
 ## How far the samples move in the image
 

@@ -38,9 +38,13 @@ def test_score_reports_model_and_baselines() -> None:
     names = [r.predictor for r in rows]
     assert names[:2] == ["dro-0", "dro-2"]
     assert "constant depth + zero motion" in names and "constant motion (training mean)" in names
-    for r in rows:
-        assert r.n == 1 and np.isfinite(r.rot_deg)
     by_name = {r.predictor: r for r in rows}
+    for r in rows:
+        assert r.n == 1 and (np.isfinite(r.rot_deg) or r.predictor == "true shape at the training median")
+    shape_only = by_name["true shape at the training median"]
+    assert shape_only.abs_rel_median_scaled == pytest.approx(0.0, abs=1e-6)
+    # its metric error is the sample's scale offset from the training median, nothing else
+    assert shape_only.abs_rel == pytest.approx(abs(shape_only.depth_scale - 1.0), rel=1e-4)
     assert by_name["constant depth + zero motion"].translation_scale == 0.0
     assert by_name["constant motion (training mean)"].translation_scale > 0
     assert np.isfinite(by_name["dro-2"].depth_scale) and by_name["dro-2"].depth_scale > 0

@@ -3,7 +3,9 @@
 Samples come from scene seeds at or above ``RESERVED_SEED_START``, which training never draws. Each sample
 is a three-view window (previous, target, next). Reported per scene kind: depth AbsRel (metric and
 median-scaled), rotation error, translation-direction error of both references, for several iteration
-counts, and for the baselines: constant depth (the training median) and zero / constant motion. Two scale
+counts, and for the baselines: constant depth (the training median) and zero / constant motion. One more depth
+baseline marks the floor of metric AbsRel without an absolute-scale cue: the true depth map rescaled so that its
+median is the training median (perfect shape, one fixed scale; median-scaled AbsRel 0). Two scale
 ratios say where metric errors come from: the depth scale (median of predicted / true depth, averaged over
 samples; 1 = no bias) and the translation-length ratio (|t_pred| / |t_true|, averaged over references).
 """
@@ -178,6 +180,10 @@ def score(
             acc.setdefault("constant depth + zero motion", []).append(
                 (_abs_rel(const, gt, False), _abs_rel(const, gt, True), *_pose_errors(zero, T_gt),
                  _depth_scale(const, gt), 0.0))
+            true_shape = gt * (stats["median_depth"] / np.median(gt[gt > 0]))
+            acc.setdefault("true shape at the training median", []).append(
+                (_abs_rel(true_shape, gt, False), _abs_rel(true_shape, gt, True), float("nan"), float("nan"),
+                 _depth_scale(true_shape, gt), float("nan")))
             acc.setdefault("constant motion (training mean)", []).append(
                 (float("nan"), float("nan"), *_pose_errors(stats["mean_motion"], T_gt),
                  float("nan"), _translation_scale(stats["mean_motion"], T_gt)))
