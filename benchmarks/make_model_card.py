@@ -117,6 +117,8 @@ def main() -> None:
         f"| {r['kind']} | {r['predictor'].split('-')[1]} | {r['abs_rel']:.3f} | {r['abs_rel_median_scaled']:.3f} | "
         f"{r['rot_deg']:.3f} | {r['tdir_deg']:.2f} |" for r in sorted(its, key=lambda r: (r["kind"],
                                                                                           int(r["predictor"][4:]))))
+    averaged = (f"exponential moving average of the training weights (decay {cfg['optim']['ema_decay']} per step)"
+                if run.averaged else "the training weights of the last step")
     w_pose = cfg["loss"].get("pose_param_weight", 0.0)
     if cfg["loss"].get("pose_param_translation", "absolute") == "relative":
         w_t = cfg["loss"].get("pose_param_translation_weight", 1.0)
@@ -139,6 +141,7 @@ The model `reconstruct`, `predict` and the README's main job use when no `--weig
 | rotation factor | {model.config.pose_rotation_scale} on the pose heads' rotation outputs (official 0.01) |
 | optimiser | Adam lr {cfg['optim']['lr']}, batch {cfg['optim']['batch_size']}, StepLR {cfg['optim']['lr_step']} × \
 {cfg['optim']['lr_gamma']}, grad clip {cfg['optim']['grad_clip']} |
+| shipped weights | {averaged} |
 | steps | {run.step} |
 | wall time | {wall} on a 2-core CPU (shared with other work) |
 | depth units | metres (depth range {cfg['data']['min_depth']}–{cfg['data']['max_depth']} m) |

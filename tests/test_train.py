@@ -536,3 +536,33 @@ def test_training_recycles_dormant_units_when_configured(tmp_path: Path, caplog)
     width = trainer.net.pose_head.conv1_pose.out_channels
     assert f"pose_head {width}/{width}" in caplog.text
     assert float(trainer.net.pose_head.conv1_pose.bias.detach().abs().max()) < 1.0
+
+
+def test_weight_average_resumes_exactly_and_is_what_validation_and_export_use(tmp_path: Path) -> None:
+    from dro_sfm.train.model_card import read_training_run
+
+    root, _ = write_box_dataset("7scenes", tmp_path / "data", n=8)
+    extra = ("optim.steps=4", "optim.ema_decay=0.5", "checkpoint_every=2")
+    full = Trainer(tiny_config(tmp_path / "full", "7scenes", root, *extra))
+    snapshots = []
+    for _ in range(4):
+        full.run(max_steps=1, progress=False)
+        snapshots.append({k: v.detach().clone() for k, v in full.net.state_dict().items()})
+    # EMA with decay 0.5: the first update copies, each later one halves the distance to the new weights
+    key = next(k for k, v in full.net.state_dict().items() if v.is_floating_point() and "weight" in k)
+    expected = snapshots[0][key]
+    for snap in snapshots[1:]:
+        expected = 0.5 * expected + 0.5 * snap[key]
+    assert torch.allclose(full.shipped_net.state_dict()[key], expected, atol=1e-6)
+    assert not torch.allclose(full.shipped_net.state_dict()[key], snapshots[-1][key])
+
+    part_cfg = tiny_config(tmp_path / "part", "7scenes", root, *extra)
+    Trainer(part_cfg).run(max_steps=2, progress=False)
+    resumed = Trainer(part_cfg, resume=True)
+    assert int(resumed.ema.n_averaged) == 2
+    resumed.run(progress=False)
+    for k, v in resumed.shipped_net.state_dict().items():
+        assert torch.allclose(v, full.shipped_net.state_dict()[k], atol=1e-6, rtol=0), k
+
+    run = read_training_run(Path(part_cfg.out_dir))
+    assert run.averaged and torch.equal(run.state_dict[key], resumed.shipped_net.state_dict()[key])

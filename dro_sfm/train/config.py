@@ -107,6 +107,9 @@ class OptimSection:
     freeze_bn: bool = False
     # Every N steps re-draw the heads' dormant ReLU units (dro_sfm/train/dormant.py); 0 = off, as officially
     recycle_dormant_every: int = 0
+    # > 0: keep an exponential moving average of the weights (this decay per step); validation, the exported
+    # model and model cards use the average. Off officially.
+    ema_decay: float = 0.0
 
 
 @dataclass

@@ -27,8 +27,9 @@ class TrainingRun:
     step: int
     config: dict
     model_config: DroConfig
-    state_dict: dict
+    state_dict: dict                     # the weight average when the run kept one (optim.ema_decay), else the weights
     wall_time_s: float | None
+    averaged: bool = False
 
 
 def read_training_run(run_dir: Path) -> TrainingRun:
@@ -41,8 +42,10 @@ def read_training_run(run_dir: Path) -> TrainingRun:
     mc["encoder"] = EncoderWidths(**mc["encoder"])
     curves = training_curves(run_dir / "tb")
     wall = curves.get("time/elapsed_s")
-    return TrainingRun(int(payload["step"]), payload["config"], DroConfig(**mc), payload["model"],
-                       float(np.sum(_segment_durations(wall))) if wall is not None else None)
+    averaged = "ema" in payload
+    return TrainingRun(int(payload["step"]), payload["config"], DroConfig(**mc),
+                       payload["ema"] if averaged else payload["model"],
+                       float(np.sum(_segment_durations(wall))) if wall is not None else None, averaged)
 
 
 def _segment_durations(series: np.ndarray) -> list[float]:

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from dro_sfm.data.atomic import atomic_path
@@ -162,6 +163,10 @@ class Trainer:
         self.optimizer = torch.optim.Adam(params, lr=o.lr, weight_decay=o.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=o.lr_step, gamma=o.lr_gamma)
         self.scaler = torch.amp.GradScaler("cuda", enabled=o.amp and self.device.type == "cuda")
+        self.ema: AveragedModel | None = None
+        if o.ema_decay > 0:
+            # The first update copies the weights; later ones blend in (1 - decay) of each step's weights.
+            self.ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(o.ema_decay), use_buffers=True)
         self.step = 0
         self.dataset = build_dataset(cfg)
         self.writer = None
@@ -179,6 +184,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": _rng_state(),
+            **({"ema": self.ema.module.state_dict(), "ema_updates": int(self.ema.n_averaged)} if self.ema else {}),
         }
 
     def save_checkpoint(self) -> Path:
@@ -207,12 +213,22 @@ class Trainer:
             log.warning("%s is a compact checkpoint without optimiser state: Adam restarts its moment "
                            "estimates at step %d (everything else continues exactly)", path, payload["step"])
         self.scheduler.load_state_dict(payload["scheduler"])
+        if self.ema is not None and "ema" in payload:
+            self.ema.module.load_state_dict(payload["ema"])
+            self.ema.n_averaged.fill_(int(payload["ema_updates"]))
+        elif self.ema is not None:
+            log.warning("%s has no weight average: it starts from the weights of step %d", path, payload["step"])
         _set_rng_state(payload["rng"])
         self.step = int(payload["step"])
 
+    @property
+    def shipped_net(self) -> DroNet:
+        """The network validation scores and exports: the weight average when ``optim.ema_decay`` > 0."""
+        return self.ema.module if self.ema is not None else self.net
+
     def export_model(self, path: Path, info: ModelInfo) -> None:
         """Write the trained network as a standalone model file (what ``reconstruct`` loads)."""
-        DroModel(self.net, info).save(path)
+        DroModel(self.shipped_net, info).save(path)
 
     # ------------------------------------------------------------------------------------ one step
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, float], dict]:
@@ -274,6 +290,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
         self.step += 1
         self._last = (batch, extra)
         return StepResult(self.step, float(loss.item()), terms)
@@ -352,8 +370,9 @@ class Trainer:
         if d.kind != "synthetic":
             return []
         kinds = ("indoor", "outdoor") if d.scenes == "mixed" else (d.scenes,)
-        total = self.net.config.stages * self.net.config.steps_per_stage
-        model = DroModel(self.net, ModelInfo(name="validation", image_shape=(d.height, d.width), trained=True))
+        net = self.shipped_net
+        total = net.config.stages * net.config.steps_per_stage
+        model = DroModel(net, ModelInfo(name="validation", image_shape=(d.height, d.width), trained=True))
         try:
             return score(model, kinds=kinds, n_samples=self.cfg.val_samples, height=d.height, width=d.width,
                          iterations=(0, total), progress=False, baselines=False,
