@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -322,7 +323,8 @@ def bench_accuracy(args: argparse.Namespace, work: Path) -> dict:
         row["zero motion (reference)"] = zero_motion_reference(frames)
         # The pipeline fed exact depth and relative poses: what windows, chaining and the pose graph lose.
         exact = reconstruct(frames, work / "acc_run", ReconstructOptions(min_motion=0.0, overwrite=True,
-                                                                         fusion="none", height=240, width=320),
+                                                                         fusion="none", height=240, width=320,
+                                                                         pose_refine="none"),
                             predictor=GroundTruthPredictor(), progress=False)
         row["pipeline[ground-truth depth+poses]"] = {**{k: float(v) for k, v in exact.metrics.items()},
                                                      "seconds": exact.timings["total"]}
@@ -332,6 +334,11 @@ def bench_accuracy(args: argparse.Namespace, work: Path) -> dict:
             key = f"dro[{run.model_name}{'' if run.trained else ', UNTRAINED'}]"
             row[key] = {**{k: float(v) for k, v in run.metrics.items()}, "seconds": run.timings["total"],
                         "processing_hw": list(run.processing_hw)}
+            # The same run without the photometric refinement: what the network's own poses give.
+            plain = reconstruct(frames, work / "acc_run", replace(options, pose_refine="none"), progress=False)
+            row[key[:-1] + ", network poses only]"] = {**{k: float(v) for k, v in plain.metrics.items()},
+                                                       "seconds": plain.timings["total"],
+                                                       "processing_hw": list(plain.processing_hw)}
         if not args.no_colmap:
             row["pycolmap"] = _colmap(frames, args.threads)
         results[label] = row

@@ -90,7 +90,12 @@ def predict_command(target: str, refs: tuple[str, ...], out_dir: str, weights: s
 @click.option("--max-frames", type=click.IntRange(min=2), default=None, help="Stop after this many keyframes.")
 @click.option("--layout", type=click.Choice(["kitti", "scannet", "tum", "7scenes", "folder", "video"]),
               default=None, help="Input layout [default: detected].")
-@click.option("--no-pose-graph", is_flag=True, help="Keep the chained poses (skip pose-graph refinement).")
+@click.option("--no-pose-graph", is_flag=True,
+              help="Keep the chained poses (skip pose-graph refinement, and with it --pose-refine).")
+@click.option("--pose-refine", type=click.Choice(["photometric", "none"]), default="photometric", show_default=True,
+              help="photometric: align each keyframe to the 1, 2 and 4 keyframes before it by RGB-D odometry on the "
+                   "predicted depth and fuse those poses with the network's in the pose graph, each weighted by "
+                   "the noise measured on the sequence; none: the network's poses only.")
 @click.option("--stages", type=click.IntRange(min=1), default=None,
               help="Optimiser stages per window [default: the model's].")
 @click.option("--steps-per-stage", type=click.IntRange(min=1), default=None,
@@ -112,8 +117,9 @@ def reconstruct_command(input_path: str | None, out_dir: str, sample: bool, weig
                         height: int | None, width: int | None, step: int, min_motion: float, refs: str,
                         fusion: str, conf_threshold: float, device: str, resume: bool, overwrite: bool,
                         skip_bad: bool, max_frames: int | None, layout: str | None, no_pose_graph: bool,
-                        stages: int | None, steps_per_stage: int | None, solver: str, deq_tol: float | None,
-                        deq_max_steps: int | None, no_warm_start: bool, threads: int | None, quiet: bool) -> None:
+                        pose_refine: str, stages: int | None, steps_per_stage: int | None, solver: str,
+                        deq_tol: float | None, deq_max_steps: int | None, no_warm_start: bool, threads: int | None,
+                        quiet: bool) -> None:
     """Depth, camera poses, point cloud, mesh and COLMAP/nerfstudio exports from INPUT: an image folder, a
     video file, or a dataset folder (KITTI raw drive, ScanNet scene, TUM or 7-Scenes sequence)."""
     from pathlib import Path
@@ -129,8 +135,8 @@ def reconstruct_command(input_path: str | None, out_dir: str, sample: bool, weig
         weights=weights, intrinsics=intrinsics, height=height, width=width, step=step, min_motion=min_motion,
         refs=int(refs), fusion=fusion, conf_threshold=conf_threshold, device=device, resume=resume,
         overwrite=overwrite, skip_bad=skip_bad, max_frames=max_frames, layout=layout,
-        pose_graph=not no_pose_graph, stages=stages, steps_per_stage=steps_per_stage, solver=solver,
-        deq_tol=deq_tol, deq_max_steps=deq_max_steps, warm_start=not no_warm_start,
+        pose_graph=not no_pose_graph, pose_refine=pose_refine, stages=stages, steps_per_stage=steps_per_stage,
+        solver=solver, deq_tol=deq_tol, deq_max_steps=deq_max_steps, warm_start=not no_warm_start,
     )
     if threads is not None:
         import torch

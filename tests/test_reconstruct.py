@@ -51,7 +51,8 @@ def folder(sequence, tmp_path_factory) -> Path:
 def oracle_run(sequence, tmp_path_factory):
     """The sequence reconstructed with ground-truth depth and relative poses (refs 4: redundant edges)."""
     out = tmp_path_factory.mktemp("oracle") / "run"
-    result = reconstruct(list(sequence), out, ReconstructOptions(height=H, width=W, min_motion=0.0, refs=4),
+    result = reconstruct(list(sequence), out, ReconstructOptions(height=H, width=W, min_motion=0.0, refs=4,
+                                                         pose_refine="none"),
                          predictor=GroundTruthPredictor(), progress=False)
     return result, out
 
@@ -240,7 +241,8 @@ def test_sample_with_resizing_lands_on_the_scene(tmp_path: Path) -> None:
     import open3d as o3d
 
     result = reconstruct(SAMPLE_DIR, tmp_path / "run", ReconstructOptions(height=96, width=128, min_motion=0.0,
-                                                                          fusion="points", max_frames=8),
+                                                                          fusion="points", max_frames=8,
+                                                                          pose_refine="none"),
                          predictor=GroundTruthPredictor(), ground_truth=FolderGroundTruth(SAMPLE_DIR),
                          progress=False)
     assert result.intrinsics.source.startswith("calibration") and result.processing_hw == (96, 128)

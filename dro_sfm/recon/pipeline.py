@@ -48,6 +48,7 @@ from dro_sfm.recon.intrinsics import (
     scale_intrinsics,
     validate_intrinsics,
 )
+from dro_sfm.recon.photometric import PhotometricRefiner
 from dro_sfm.recon.run_dir import FRAME_DIRS, CameraRecord, RunLayout, RunRecord, frame_name, read_npy
 from dro_sfm.recon.trajectory import TrajectoryBuilder
 from dro_sfm.recon.windows import (
@@ -64,6 +65,7 @@ SAMPLE_DIR = Path(__file__).resolve().parents[1] / "assets" / "sample_indoor"
 WINDOWS_DIR = "windows"
 CONFIG_RECORD = "config.json"
 FUSION_KINDS = ("tsdf", "points", "none")
+POSE_REFINE_KINDS = ("photometric", "none")
 SOLVERS = ("unrolled", "deq")
 
 # Layout readers' keyword arguments (dro_sfm.data.formats): which of the pipeline's options they take.
@@ -94,6 +96,7 @@ class ReconstructOptions:
     max_frames: int | None = None  # at most this many keyframes
     layout: str | None = None  # force an input layout (default: detected)
     pose_graph: bool = True
+    pose_refine: str = "photometric"  # photometric: fuse RGB-D odometry on the predicted depth (recon/photometric.py)
     stages: int | None = None  # optimiser iterations (default: the model's)
     steps_per_stage: int | None = None
     solver: str = "unrolled"  # unrolled: the model's fixed schedule; deq: fixed-point solve (docs/deq.md)
@@ -107,6 +110,8 @@ class ReconstructOptions:
         if self.refs < 2 or self.refs % 2:
             # Centred windows: an even count puts the previous keyframe in every target's window.
             raise ConfigError(f"--refs must be an even number >= 2 (2 or 4), got {self.refs}")
+        if self.pose_refine not in POSE_REFINE_KINDS:
+            raise ConfigError(f"pose_refine must be one of {', '.join(POSE_REFINE_KINDS)}, not {self.pose_refine!r}")
         if self.fusion not in FUSION_KINDS:
             raise ConfigError(f"--fusion must be one of {', '.join(FUSION_KINDS)}, got {self.fusion!r}")
         if (self.height is None) != (self.width is None):
@@ -603,8 +608,10 @@ class SequenceEngine:
     """
 
     def __init__(self, predictor: WindowPredictor, n_refs: int, writer_factory: Callable[[], _PipelineWriter],
-                 record: RunRecord, done: Callable[[int], dict | None] | None = None):
+                 record: RunRecord, done: Callable[[int], dict | None] | None = None,
+                 refiner: PhotometricRefiner | None = None):
         self.predictor = predictor
+        self.refiner = refiner
         self.n_refs = n_refs
         self.window = SlidingWindow(n_refs + 1)
         self.trajectory = TrajectoryBuilder()
@@ -713,6 +720,7 @@ class SequenceEngine:
             weight = float(conf[valid].mean()) if valid.any() else 0.0
         self.trajectory.add_window(slot.index, res.ref_indices, res.T_ref_from_tgt, weight)
         pose = self.trajectory.chained_pose(slot.index)
+        self._refine(slot, res.depth, pose)
         if self.writer is None:
             self.writer = self._writer_factory()
         with self.record.stage("write_frames"):
@@ -731,6 +739,11 @@ class SequenceEngine:
             atomic_write_text(_record_path(self.writer.root, slot.index), json.dumps(doc) + "\n")
         self._account(slot, res.step_costs, metrics, slot.extras.get("solver"))
         slot.written = True
+
+    def _refine(self, slot: FrameSlot, depth: np.ndarray, pose: np.ndarray) -> None:
+        if self.refiner is not None:
+            with self.record.stage("pose_refine"):
+                self.refiner.add_frame(slot.index, slot.image, depth, slot.K, pose)
 
     def _account(self, slot: FrameSlot, step_costs: np.ndarray, metrics: _FrameMetrics | None,
                  solver: dict | None = None) -> None:
@@ -752,6 +765,7 @@ class SequenceEngine:
                                   cost_map=None, step_costs=np.asarray(doc["step_costs"], dtype=np.float64))
         self.trajectory.add_window(slot.index, slot.result.ref_indices, T, float(doc["weight"]))
         pose = np.asarray(doc["T_world_from_cam_chained"], dtype=np.float64)
+        self._refine(slot, depth, pose)
         self.writer.adopt_frame(slot.index, slot.hw, np.asarray(doc["K"]), pose, float(doc["timestamp"]),
                                 str(doc["source"]), depth)
         metrics = _FrameMetrics(**doc["depth_metrics"]) if doc.get("depth_metrics") else None
@@ -937,7 +951,8 @@ def _run(src: InputSource, out: _OutputDir, options: ReconstructOptions, predict
         except (OSError, json.JSONDecodeError):
             return None  # a damaged record: recompute the frame
 
-    engine = SequenceEngine(predictor, options.refs, make_writer, record, done=done)
+    refiner = PhotometricRefiner() if options.pose_graph and options.pose_refine == "photometric" else None
+    engine = SequenceEngine(predictor, options.refs, make_writer, record, done=done, refiner=refiner)
     state = _StreamState()
     try:
         for slot in keyframe_slots(src, proc_hw, options, state, record, ground_truth, progress):
@@ -959,6 +974,13 @@ def _run(src: InputSource, out: _OutputDir, options: ReconstructOptions, predict
             poses = engine.trajectory.optimize(n_frames)
         else:
             poses = engine.trajectory.chained_poses(n_frames)
+    refinement: dict | None = None
+    if refiner is not None:
+        with record.stage("pose_refine"):
+            poses, noise = refiner.fuse(poses, [e for e in engine.trajectory.edges() if e.b < n_frames])
+        refinement = {"pairs_attempted": refiner.attempted, "pairs_kept": len(refiner.edges),
+                      "pairs_rejected": refiner.rejected, "applied": noise is not None,
+                      **(noise.to_dict() if noise is not None else {})}
     costs = _cost_array(engine.step_costs)
     report = writer.finalize(poses=poses, cost_curve=costs if costs is not None else None,
                              targets=fusion_targets(options.fusion))
@@ -979,7 +1001,9 @@ def _run(src: InputSource, out: _OutputDir, options: ReconstructOptions, predict
     record.results.update(export=report.to_dict(), ground_truth=metrics,
                           window={"capacity": engine.window.capacity, "peak_frames": engine.window.peak},
                           trajectory={"pairs": len(engine.trajectory.edges()),
-                                      "rejected_estimates": engine.trajectory.rejected},
+                                      "rejected_estimates": engine.trajectory.rejected,
+                                      "pose_refine": options.pose_refine if options.pose_graph else "none",
+                                      "photometric": refinement},
                           frames_per_second=n_frames / record.timings["total"])
     if solver:
         record.results["solver"] = solver

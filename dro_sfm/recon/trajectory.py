@@ -159,14 +159,37 @@ class TrajectoryBuilder:
         return max(rot, 1e-3), max(trans, 0.01 * step, 1e-6)
 
 
+@dataclass
+class GraphEdge:
+    """One pose-graph constraint: ``T_b_from_a`` [4,4] between keyframes a < b with its information [6,6]
+    (Open3D order: rotation first). Uncertain edges go through the line process and may be pruned."""
+
+    a: int
+    b: int
+    T_b_from_a: np.ndarray
+    information: np.ndarray
+    uncertain: bool = False
+
+
 def optimize_pose_graph(poses: np.ndarray, edges: list[PairEdge], sigma_r: float, sigma_t: float,
                         segment: int = 100, overlap: int = 20) -> np.ndarray:
-    """Refine camera-to-world poses [N,4,4] with Open3D's pose graph over ``edges``, segment by segment.
+    """Refine camera-to-world poses [N,4,4] with Open3D's pose graph over the network's pair ``edges``.
+
+    Information: weight · diag(1/σ_r² ×3, 1/σ_t² ×3). Consecutive pairs are certain; wider ones uncertain
+    (line process, pruned when they disagree by more than about three sigmas).
+    """
+    base_info = np.diag([1.0 / sigma_r**2] * 3 + [1.0 / sigma_t**2] * 3)
+    graph_edges = [GraphEdge(e.a, e.b, e.T_b_from_a, e.weight * base_info, uncertain=e.b - e.a > 1) for e in edges]
+    return solve_pose_graph(poses, graph_edges, max_correspondence_distance=3.0 * sigma_t, segment=segment,
+                            overlap=overlap)
+
+
+def solve_pose_graph(poses: np.ndarray, edges: list[GraphEdge], max_correspondence_distance: float,
+                     segment: int = 100, overlap: int = 20) -> np.ndarray:
+    """Open3D pose-graph optimisation of camera-to-world poses [N,4,4] (frame 0 fixed), segment by segment.
 
     Node ``i`` holds T_world_from_i; an edge (a, b) holds T_b_from_a (Open3D: source a, target b, the
-    transform that maps source into target). Information: weight · diag(1/σ_r² ×3, 1/σ_t² ×3) (Open3D
-    orders rotation first). Consecutive pairs are certain; wider ones uncertain (line process, pruned when
-    they disagree by more than about three sigmas).
+    transform that maps source into target).
     """
     import open3d as o3d
 
@@ -175,12 +198,11 @@ def optimize_pose_graph(poses: np.ndarray, edges: list[PairEdge], sigma_r: float
     if segment < 2 * overlap + 2:
         raise ValueError(f"segment ({segment}) must exceed twice the overlap ({overlap}) by 2")
     out = np.array(poses, dtype=np.float64, copy=True)
-    by_start: dict[int, list[PairEdge]] = {}
+    by_start: dict[int, list[GraphEdge]] = {}
     for e in edges:
         by_start.setdefault(e.a, []).append(e)
-    base_info = np.diag([1.0 / sigma_r**2] * 3 + [1.0 / sigma_t**2] * 3)
-    option = reg.GlobalOptimizationOption(max_correspondence_distance=3.0 * sigma_t, edge_prune_threshold=0.25,
-                                          preference_loop_closure=1.0, reference_node=0)
+    option = reg.GlobalOptimizationOption(max_correspondence_distance=max_correspondence_distance,
+                                          edge_prune_threshold=0.25, preference_loop_closure=1.0, reference_node=0)
     criteria = reg.GlobalOptimizationConvergenceCriteria()
     start = 0
     previous = o3d.utility.get_verbosity_level()
@@ -195,7 +217,7 @@ def optimize_pose_graph(poses: np.ndarray, edges: list[PairEdge], sigma_r: float
                 for e in by_start.get(a, []):
                     if e.b < end:
                         graph.edges.append(reg.PoseGraphEdge(e.a - start, e.b - start, e.T_b_from_a,
-                                                             e.weight * base_info, uncertain=e.b - e.a > 1))
+                                                             e.information, uncertain=e.uncertain))
             reg.global_optimization(graph, reg.GlobalOptimizationLevenbergMarquardt(), criteria, option)
             refined = np.stack([np.asarray(node.pose) for node in graph.nodes])
             if end < n:
