@@ -41,3 +41,17 @@ def test_regression_scores_match_model_card() -> None:
         assert r.abs_rel_median_scaled == pytest.approx(expected["abs_rel_median_scaled"], rel=RTOL, abs=ATOL_REL)
         assert r.rot_deg == pytest.approx(expected["rot_deg"], rel=RTOL, abs=ATOL_DEG)
         assert np.isfinite(r.tdir_deg)
+
+
+def test_reconstruct_meets_the_indoor_sequence_target(tmp_path: Path) -> None:
+    """Issue #4's bar for the default model: the benchmark's held-out 24-frame indoor sequence at 240×320
+    (benchmarks/bench_reconstruct.py, seed 1007) within 5 % ATE of the path and median-scaled AbsRel 0.15.
+    Measured 2.9 % and 0.148 on the machine that trained it; the depth margin is small, so a different BLAS
+    build could move it across the bar."""
+    from dro_sfm.data.synthetic import render_sequence
+    from dro_sfm.recon.pipeline import ReconstructOptions, reconstruct
+
+    frames = list(render_sequence("indoor", 24, 240, 320, seed=1007))
+    run = reconstruct(frames, tmp_path / "run", ReconstructOptions(min_motion=0.0, fusion="none"), progress=False)
+    assert run.metrics["ate_percent_of_path"] <= 5.0
+    assert run.metrics["depth_abs_rel_median_scaled"] <= 0.15

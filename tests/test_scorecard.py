@@ -106,3 +106,26 @@ def test_validation_samples_never_overlap_the_cards_samples() -> None:
     card_seeds = {ds.scene_seed(i) for i in range(0, 10_000, 4)}
     val_seeds = {ds.scene_seed(VALIDATION_FIRST_SAMPLE + i) for i in range(0, 1_000, 4)}
     assert not card_seeds & val_seeds
+
+
+def test_training_wall_time_sums_each_process_even_when_a_resume_repeats_steps(tmp_path) -> None:
+    """Two processes: 0-100 s over steps 0-400, then a resume from step 300 running 50 s. Merging by step would
+    interleave the two elapsed series; read per event file the total is 150 s."""
+    import time
+
+    from torch.utils.tensorboard import SummaryWriter
+
+    from dro_sfm.train.model_card import training_wall_time
+
+    first = SummaryWriter(str(tmp_path))
+    for step, elapsed in ((0, 0.0), (200, 50.0), (400, 100.0)):
+        first.add_scalar("time/elapsed_s", elapsed, step)
+    first.close()
+    time.sleep(1.1)  # event file names carry the second they were opened
+    second = SummaryWriter(str(tmp_path))
+    for step, elapsed in ((320, 10.0), (360, 30.0), (400, 50.0)):
+        second.add_scalar("time/elapsed_s", elapsed, step)
+    second.close()
+    assert len(list(tmp_path.glob("events.*"))) == 2
+    assert training_wall_time(tmp_path) == 150.0
+    assert training_wall_time(tmp_path / "missing") is None

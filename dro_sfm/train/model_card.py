@@ -40,12 +40,35 @@ def read_training_run(run_dir: Path) -> TrainingRun:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     mc = dict(payload["model_config"])
     mc["encoder"] = EncoderWidths(**mc["encoder"])
-    curves = training_curves(run_dir / "tb")
-    wall = curves.get("time/elapsed_s")
     averaged = "ema" in payload
     return TrainingRun(int(payload["step"]), payload["config"], DroConfig(**mc),
-                       payload["ema"] if averaged else payload["model"],
-                       float(np.sum(_segment_durations(wall))) if wall is not None else None, averaged)
+                       payload["ema"] if averaged else payload["model"], training_wall_time(run_dir / "tb"), averaged)
+
+
+def training_wall_time(tb_dir: Path) -> float | None:
+    """Seconds of training in ``tb_dir``: every process's (event file's) run, summed in the order logged.
+
+    Event files are read one by one: a run resumed from an earlier checkpoint logs some steps twice, and
+    merging by step would interleave the two runs' elapsed times into spurious segments.
+    """
+    total, found = 0.0, False
+    for events in sorted(Path(tb_dir).glob("events.*")):
+        series = _scalar_series(events, "time/elapsed_s")
+        if series is not None and len(series):
+            total += float(np.sum(_segment_durations(series)))
+            found = True
+    return total if found else None
+
+
+def _scalar_series(events: Path, tag: str) -> np.ndarray | None:
+    """[n,2] (step, value) of one tag in one event file, in logging order; None when absent."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return None
+    return np.array([(e.step, e.value) for e in acc.Scalars(tag)])
 
 
 def _segment_durations(series: np.ndarray) -> list[float]:
