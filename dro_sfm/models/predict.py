@@ -77,7 +77,7 @@ def resize_images(images: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     for img in images:
         arr = (img.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
         resized = Image.fromarray(arr).resize((shape[1], shape[0]), Image.Resampling.LANCZOS)
-        out.append(torch.from_numpy(np.asarray(resized)).permute(2, 0, 1).float() / 255.0)
+        out.append(torch.from_numpy(np.array(resized)).permute(2, 0, 1).float() / 255.0)
     return torch.stack(out).to(images.device)
 
 
