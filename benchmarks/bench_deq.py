@@ -22,6 +22,12 @@ so unrolled 3x4 = 12). All runs share one process and one loaded model, in the o
 
     python benchmarks/bench_deq.py --video --out benchmarks/results/deq_video.md
     python benchmarks/bench_deq.py --video --frames 30 --deq-tols 1e-3   # quicker
+
+Solver statistics (``--solver-stats``): cold solves of held-out synthetic samples (the model card's first
+``--samples`` of each kind), unrolled vs each DEQ setting: accuracy, how many converged, steps, and the median
+residual after each evaluation of f.
+
+    python benchmarks/bench_deq.py --solver-stats --deq-weights default-deq --deq-tols 1e-2 --deq-max-steps 12 24
 """
 
 from __future__ import annotations
@@ -262,6 +268,117 @@ def video_report(setup: dict, rows: list[dict], command: str) -> str:
     ])
 
 
+def solver_stats_runs(args: argparse.Namespace) -> tuple[dict, list[dict], dict[str, list[float]]]:
+    """Cold solves of held-out synthetic samples (model-card samples 0..n-1 of each kind): the unrolled schedule
+    and each DEQ setting; (setup, one row per kind and setting, median residual per solver step per setting)."""
+    import numpy as np
+    import torch
+
+    from dro_sfm.models.predict import load_model
+    from dro_sfm.train.scorecard import prediction_errors, reserved_dataset
+
+    torch.set_num_threads(args.threads)
+    model = load_model(args.weights, "cpu")
+    deq_model = load_model(args.deq_weights, "cpu") if args.deq_weights else model
+    cfg, dcfg = model.net.config, deq_model.net.config.deq
+    unrolled = f"unrolled {cfg.stages}x{cfg.steps_per_stage}"
+    settings = [(unrolled, model, None)]
+    for budget in args.deq_max_steps:
+        for tol in args.deq_tols:
+            deq = dcfg.__class__(**{**dcfg.__dict__, "tol": tol, "max_steps": budget})
+            settings.append((f"DEQ cold, tol {tol:g}, budget {budget}", deq_model, deq))
+    rows: list[dict] = []
+    traces: dict[str, list[float]] = {}
+    with torch.no_grad():
+        for kind in ("indoor", "outdoor"):
+            ds = reserved_dataset(kind, args.height, args.width)
+            per: dict[str, list[dict]] = {label: [] for label, _, _ in settings}
+            steps_trace: dict[str, list[np.ndarray]] = {label: [] for label, _, _ in settings[1:]}
+            for i in range(args.samples):
+                s = ds[i]
+                target, refs, K = s["target"], list(s["refs"]), s["K"]
+                gt, T_gt = s["depth"][0].numpy(), s["T_ref_from_tgt"].numpy()
+                for label, net_model, deq in settings:
+                    pred = net_model.predict(target, refs, K, deq_config=deq)
+                    rec = prediction_errors(pred.depth[0, 0].numpy(), gt, pred.T_ref_from_tgt[0].double().numpy(),
+                                            T_gt)
+                    stats = pred.output.extras.get("deq") if deq is not None else None
+                    if stats is not None:
+                        rec.update(steps=int(stats.steps), converged=bool(stats.converged),
+                                   residual=float(stats.residual.max()))
+                        steps_trace[label].append(stats.abs_trace[:, 0].numpy())
+                    per[label].append(rec)
+            for label, recs in per.items():
+                row = {"kind": kind, "setting": label, "n": len(recs)}
+                for key in ("abs_rel", "abs_rel_median_scaled", "rot_deg", "tdir_deg"):
+                    row[key] = float(np.nanmean([r[key] for r in recs]))
+                if label != unrolled:
+                    row["converged"] = sum(r["converged"] for r in recs)
+                    row["steps_mean"] = float(np.mean([r["steps"] for r in recs]))
+                    conv = [r["steps"] for r in recs if r["converged"]]
+                    row["steps_mean_converged"] = float(np.mean(conv)) if conv else None
+                    row["residual_median"] = float(np.median([r["residual"] for r in recs]))
+                    row["residual_max"] = float(np.max([r["residual"] for r in recs]))
+                    longest = max(len(t) for t in steps_trace[label])
+                    # a converged solve stops early; its residual after that step is its final one
+                    padded = [np.pad(t, (0, longest - len(t)), mode="edge") for t in steps_trace[label]]
+                    traces[f"{kind}: {label}"] = np.median(np.stack(padded), axis=0).tolist()
+                rows.append(row)
+                print(f"  {kind:7s} {label:32s} AbsRel {row['abs_rel']:.3f} rot {row['rot_deg']:.2f}"
+                      + (f" converged {row['converged']}/{row['n']}, {row['steps_mean']:.1f} steps"
+                         if "converged" in row else ""), file=sys.stderr, flush=True)
+    setup = {"samples": args.samples, "height": args.height, "width": args.width, "weights": args.weights,
+             "deq_weights": args.deq_weights or args.weights, "model_notes": model.info.notes,
+             "deq_model_notes": deq_model.info.notes, "process_shape": list(model.info.image_shape),
+             "deq_solver": dcfg.forward_solver, "stop_mode": dcfg.stop_mode, "threads": args.threads,
+             "machine": f"{platform.machine()}, {platform.python_version()}, torch {torch.__version__}"}
+    return setup, rows, traces
+
+
+def solver_stats_report(setup: dict, rows: list[dict], traces: dict[str, list[float]], command: str) -> str:
+    """Markdown: accuracy and convergence per kind and setting, then the median residual after each step."""
+    lines = [
+        "# DEQ solver statistics on held-out synthetic samples", "",
+        f"Command (from the repository root): `{command}`", "",
+        f"Samples: the first {setup['samples']} model-card samples of each kind (reserved seeds, never drawn in "
+        f"training), three views at {setup['height']}x{setup['width']}, processed at "
+        f"{setup['process_shape'][0]}x{setup['process_shape'][1]}. Every solve starts cold (initial heads). "
+        f"Unrolled rows: `{setup['weights']}`; DEQ rows: `{setup['deq_weights']}` "
+        f"({setup['deq_model_notes']}); {setup['deq_solver']}, `{setup['stop_mode']}` residual. "
+        f"{setup['threads']} torch thread(s); {setup['machine']}.", "",
+        "| kind | setting | AbsRel | AbsRel median-scaled | rot. err. ° | transl. dir. err. ° | converged | "
+        "steps mean | steps mean (converged) | residual median | max |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        conv = f"{r['converged']}/{r['n']}" if "converged" in r else "-"
+        lines.append(f"| {r['kind']} | {r['setting']} | {r['abs_rel']:.3f} | {r['abs_rel_median_scaled']:.3f} | "
+                     f"{r['rot_deg']:.2f} | {r['tdir_deg']:.2f} | {conv} | {_fmt(r.get('steps_mean'), '.1f')} | "
+                     f"{_fmt(r.get('steps_mean_converged'), '.1f')} | {_fmt(r.get('residual_median'), '.4f')} | "
+                     f"{_fmt(r.get('residual_max'), '.4f')} |")
+    lines += ["", "Median `abs` residual after each evaluation of f (a solve that stopped early keeps its last "
+              "value):", ""]
+    for name, trace in traces.items():
+        lines.append(f"- {name}: " + ", ".join(f"{v:.3g}" for v in trace))
+    lines += ["", "* A solve that does not reach the tolerance within its budget returns the lowest-residual state it "
+              "saw, flagged as not converged (`DeqStats.converged`); its errors are included in the means.", ""]
+    return "\n".join(lines)
+
+
+def solver_stats_main(args: argparse.Namespace) -> None:
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    setup, rows, traces = solver_stats_runs(args)
+    report = solver_stats_report(setup, rows, traces, command)
+    print(report)
+    if args.out:
+        from dro_sfm.data.atomic import atomic_write_text
+
+        atomic_write_text(args.out, report)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"setup": setup, "rows": rows, "median_residual_per_step": traces}, fh, indent=1, default=str)
+
+
 def video_main(args: argparse.Namespace) -> None:
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     setup, rows = video_runs(args)
@@ -303,7 +420,15 @@ def main() -> None:
     video.add_argument("--deq-weights", help="weights of the DEQ rows (default: --weights), e.g. default-deq")
     video.add_argument("--no-cold", action="store_true", help="skip the cold-start DEQ rows")
     video.add_argument("--out", help="write the Markdown report here")
+    stats = ap.add_argument_group("solver statistics (--solver-stats; uses --weights, --deq-weights, --deq-tols, "
+                                  "--deq-max-steps, --out)")
+    stats.add_argument("--solver-stats", action="store_true",
+                       help="cold DEQ solves of held-out synthetic samples: convergence, residual per step, accuracy")
+    stats.add_argument("--samples", type=int, default=16, help="samples per kind (indoor, outdoor)")
     args = ap.parse_args()
+    if args.solver_stats:
+        solver_stats_main(args)
+        return
     if args.video:
         video_main(args)
         return

@@ -238,6 +238,25 @@ def test_per_call_settings_leave_the_network_alone(caplog: pytest.LogCaptureFixt
         assert net.forward_full(target, refs, K).extras["deq"].converged  # the network's own settings
 
 
+def test_predict_solves_an_unrolled_model_as_a_fixed_point_when_given_deq_settings() -> None:
+    """``DroModel.predict(deq_config=...)``: the same weights, solved for the fixed point; the network keeps its
+    unrolled schedule, and at convergence both agree with the DEQ forward they wrap."""
+    from dro_sfm.models.predict import DroModel, ModelInfo
+
+    net = contractive_net(torch.float32).eval()
+    model = DroModel(net, ModelInfo(image_shape=(H, W)))
+    target, refs, K = inputs(batch=1)
+    deq = DeqConfig(forward_solver="anderson", tol=1e-4, max_steps=40)
+    with torch.no_grad():
+        pred = model.predict(target, refs, K, deq_config=deq)
+        direct = deq_forward(net, target, refs, K, deq_config=deq)
+    stats = pred.output.extras["deq"]
+    assert stats.converged and stats.tol == 1e-4 and net.config.solver == "unrolled"
+    torch.testing.assert_close(pred.inv_depth, direct.inv_depths[-1])
+    torch.testing.assert_close(pred.pose_vecs, direct.poses[-1])
+    assert "deq" not in model.predict(target, refs, K).output.extras
+
+
 # ------------------------------------------------------------------------------------------- gradients
 def _loss(net: DroNet, w_depth: torch.Tensor, w_pose: torch.Tensor, data) -> torch.Tensor:
     out = net.forward_full(*data)

@@ -17,7 +17,7 @@ from dro_sfm.errors import CheckpointError, InputError
 from dro_sfm.geometry.camera import scale_intrinsics_resize
 from dro_sfm.geometry.pose import euler_vec_to_matrix
 from dro_sfm.geometry.warp import inv2depth
-from dro_sfm.models.config import DroConfig, EncoderWidths
+from dro_sfm.models.config import DeqConfig, DroConfig, EncoderWidths
 from dro_sfm.models.dro import DroNet, DroOutput, DroState, Features
 
 OWN_FORMAT = "dro-sfm/model-v1"
@@ -137,18 +137,29 @@ class DroModel:
         init: DroState | None = None,
         features: tuple[Features, list[Features]] | None = None,
         return_cost_map: bool = False,
+        deq_config: DeqConfig | None = None,
     ) -> Prediction:
         """Depth [B,1,H,W] at the input size and T_ref_from_tgt [B,N,4,4] for target, refs and K (input pixels).
 
         Images are resized to ``image_shape`` (default: the model's training shape) with K scaled
         accordingly; the depth is resized back with nearest-neighbour sampling as the official script does.
+        ``deq_config`` solves for the fixed point with these solver settings whatever the model's own
+        ``solver`` is (the same weights serve both modes; docs/deq.md); its statistics are in
+        ``output.extras["deq"]``.
         """
         tgt, ref_list, K_proc = self.prepare(target, refs, K, image_shape)
         self.net.eval()
-        out = self.net.forward_full(
-            tgt, ref_list, K_proc, stages=stages, steps_per_stage=steps_per_stage, init=init,
-            features=features, return_cost_map=return_cost_map,
-        )
+        if deq_config is not None:
+            from dro_sfm.models.deq import deq_forward  # deq imports the network module
+
+            out = deq_forward(self.net, tgt, ref_list, K_proc, stages=stages, steps_per_stage=steps_per_stage,
+                              init=init, features=features, return_cost_map=return_cost_map,
+                              deq_config=deq_config, warn=False)
+        else:
+            out = self.net.forward_full(
+                tgt, ref_list, K_proc, stages=stages, steps_per_stage=steps_per_stage, init=init,
+                features=features, return_cost_map=return_cost_map,
+            )
         inv = out.inv_depths[-1]
         depth = inv2depth(inv)
         H, W = _to_image_batch(target, "target").shape[-2:]

@@ -73,6 +73,14 @@ def _pose_errors(T_pred: np.ndarray, T_gt: np.ndarray) -> tuple[float, float]:
     return float(np.nanmean(rot)), float(np.nanmean(tdir))
 
 
+def prediction_errors(depth: np.ndarray, gt: np.ndarray, T_pred: np.ndarray, T_gt: np.ndarray) -> dict[str, float]:
+    """AbsRel, median-scaled AbsRel, rotation and translation-direction errors (deg) of one sample's
+    prediction: depth and gt [H,W], T_pred and T_gt [N,4,4] (``T_ref_from_tgt``)."""
+    rot, tdir = _pose_errors(T_pred, T_gt)
+    return {"abs_rel": _abs_rel(depth, gt, False), "abs_rel_median_scaled": _abs_rel(depth, gt, True),
+            "rot_deg": rot, "tdir_deg": tdir}
+
+
 def reserved_dataset(kind: str, height: int, width: int, samples_per_scene: int = 4) -> SyntheticDataset:
     """Reserved (evaluation-only) three-view samples of one scene kind."""
     cfg = TrainConfig(data=DataSection(scenes=kind, height=height, width=width, augment=False,
