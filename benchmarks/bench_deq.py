@@ -164,6 +164,9 @@ def video_runs(args: argparse.Namespace) -> tuple[dict, list[dict]]:
             deq = dcfg.__class__(**{**dcfg.__dict__, "tol": tol, "max_steps": budget})
             name = f"tol {tol:g}, budget {budget}{tag}"
             settings.append((f"DEQ warm, {name}", deq_model, {"solver": "deq", "deq": deq, "warm_start": True}))
+            if args.warm_poses:
+                settings.append((f"DEQ warm with poses, {name}", deq_model,
+                                 {"solver": "deq", "deq": deq, "warm_start": True, "warm_poses": True}))
             if not args.no_cold:
                 settings.append((f"DEQ cold, {name}", deq_model, {"solver": "deq", "deq": deq, "warm_start": False}))
     options = ReconstructOptions(weights=args.weights, height=args.height, width=args.width, min_motion=0.0,
@@ -254,9 +257,10 @@ def video_report(setup: dict, rows: list[dict], command: str) -> str:
          "modes, docs/deq.md)." if setup["deq_weights"] != setup["weights"] else
          "* Every row uses the same weights; if they were trained in the unrolled mode only, the DEQ rows measure how "
          "far that model's iteration settles, not what a DEQ-trained model would do."),
-        "* Warm: each window starts from the previous window's solution re-projected to its target, but only "
-        "when that solve converged (otherwise cold: carrying a non-fixed-point state over compounds its error "
-        "along the video). Cold: every window starts from the initial heads.",
+        "* Warm: each window starts from the previous window's solution re-projected to its target (depth and "
+        "depth GRU state; poses from the pose head), but only when that solve converged (otherwise cold: carrying "
+        "a non-fixed-point state over compounds its error along the video). Warm with poses: the composed poses "
+        "and pose GRU states are carried over too. Cold: every window starts from the initial heads.",
         "* One step = one depth GRU step and one pose GRU step (the unrolled 3x4 schedule is 12). "
         "frames/s end to end: keyframes / wall time of `reconstruct` (reading, encoding, solving, confidence, "
         "writing, pose graph; no fusion). frames/s model: keyframes / (encode + solve time), warm-start "
@@ -419,6 +423,8 @@ def main() -> None:
     video.add_argument("--deq-max-steps", type=int, nargs="+", default=[24], help="DEQ step budgets to run")
     video.add_argument("--deq-weights", help="weights of the DEQ rows (default: --weights), e.g. default-deq")
     video.add_argument("--no-cold", action="store_true", help="skip the cold-start DEQ rows")
+    video.add_argument("--warm-poses", action="store_true",
+                       help="add rows whose warm starts also carry the poses (reconstruct --warm-start-poses)")
     video.add_argument("--out", help="write the Markdown report here")
     stats = ap.add_argument_group("solver statistics (--solver-stats; uses --weights, --deq-weights, --deq-tols, "
                                   "--deq-max-steps, --out)")

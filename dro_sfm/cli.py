@@ -110,6 +110,9 @@ def predict_command(target: str, refs: tuple[str, ...], out_dir: str, weights: s
                    "when those are given].")
 @click.option("--no-warm-start", is_flag=True,
               help="DEQ: start every window cold from the initial heads (for comparison).")
+@click.option("--warm-start-poses", is_flag=True,
+              help="DEQ: warm starts also carry the previous window's poses (composed) and pose GRU states; by "
+                   "default they carry depth and the depth GRU state, and poses start from the pose head.")
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="CPU threads for torch [default: torch's choice]; 1 is often fastest on busy shared cores.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
@@ -118,7 +121,8 @@ def reconstruct_command(input_path: str | None, out_dir: str, sample: bool, weig
                         fusion: str, conf_threshold: float, device: str, resume: bool, overwrite: bool,
                         skip_bad: bool, max_frames: int | None, layout: str | None, no_pose_graph: bool,
                         pose_refine: str, stages: int | None, steps_per_stage: int | None, solver: str,
-                        deq_tol: float | None, deq_max_steps: int | None, no_warm_start: bool, threads: int | None,
+                        deq_tol: float | None, deq_max_steps: int | None, no_warm_start: bool, warm_start_poses: bool,
+                        threads: int | None,
                         quiet: bool) -> None:
     """Depth, camera poses, point cloud, mesh and COLMAP/nerfstudio exports from INPUT: an image folder, a
     video file, or a dataset folder (KITTI raw drive, ScanNet scene, TUM or 7-Scenes sequence)."""
@@ -137,6 +141,7 @@ def reconstruct_command(input_path: str | None, out_dir: str, sample: bool, weig
         overwrite=overwrite, skip_bad=skip_bad, max_frames=max_frames, layout=layout,
         pose_graph=not no_pose_graph, pose_refine=pose_refine, stages=stages, steps_per_stage=steps_per_stage,
         solver=solver, deq_tol=deq_tol, deq_max_steps=deq_max_steps, warm_start=not no_warm_start,
+        warm_start_poses=warm_start_poses,
     )
     if threads is not None:
         import torch

@@ -617,7 +617,13 @@ def test_sequence_warm_start_hands_each_window_its_predecessor() -> None:
     expected = window_warm_start(solved.state, 5, [4, 6], T, 6, [5, 7], K, cfg)
     assert start == "warm"
     torch.testing.assert_close(init.inv_depth, expected.inv_depth)
+    torch.testing.assert_close(init.h_depth, expected.h_depth)
+    assert init.poses is None and init.h_pose is None  # by default poses start from the pose head
+    with_poses = SequenceWarmStart(cfg, warm_poses=True)
+    with_poses.remember(5, [4, 6], solved)
+    init = with_poses.initial_state(6, [5, 7], K)[0]
     torch.testing.assert_close(init.poses, expected.poses)
+    torch.testing.assert_close(init.h_pose, expected.h_pose)
     assert warm.initial_state(9, [8, 10], K) == (None, "cold: no motion estimate from the previous window")
     # a spurious root (|h| > 1) or a non-finite state is not passed on
     bad = DroState(prev.inv_depth, prev.poses, prev.h_depth * 3.0, prev.h_pose)

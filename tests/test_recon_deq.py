@@ -66,12 +66,14 @@ def _windows(out: Path) -> list[dict]:
 # --- end to end from the command line ------------------------------------------------------------------------
 
 
-def test_cli_reconstruct_with_deq_records_iterations(frames, tmp_path: Path) -> None:
+@pytest.mark.parametrize("warm_poses", [False, True])
+def test_cli_reconstruct_with_deq_records_iterations(frames, tmp_path: Path, warm_poses: bool) -> None:
     folder = write_frames("folder", frames, tmp_path / "input")
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["reconstruct", str(folder), "--out", str(out), "--solver", "deq",
                                        "--deq-max-steps", "6", "--height", str(H), "--width", str(W),
-                                       "--threads", "1", "--min-motion", "0", "--fusion", "none", "--quiet"])
+                                       "--threads", "1", "--min-motion", "0", "--fusion", "none", "--quiet"]
+                                + (["--warm-start-poses"] if warm_poses else []))
     assert result.exit_code == 0, result.output
     assert "DEQ solver:" in result.output and f"of {N_FRAMES} frames warm-started" in result.output
     assert len(list((out / "depth").glob("*.npy"))) == N_FRAMES
@@ -88,6 +90,7 @@ def test_cli_reconstruct_with_deq_records_iterations(frames, tmp_path: Path) -> 
     assert solver["non_converged_frames"] == [i for i, c in zip(per_frame["index"], per_frame["converged"]) if not c]
     assert solver["warm_started"] == sum(per_frame["warm"]) and not per_frame["warm"][0]
     assert run["options"]["solver"] == "deq" and run["inputs"]["predictor"].endswith(":deq")
+    assert run["options"]["warm_start_poses"] is warm_poses
 
     records = _windows(out)
     assert [r["solver"]["steps"] for r in records] == per_frame["steps"]
@@ -102,6 +105,10 @@ def test_deq_options_need_solver_deq(tmp_path: Path) -> None:
         _options(deq_tol=1e-3).validate()
     with pytest.raises(ConfigError, match="--no-warm-start"):
         _options(warm_start=False).validate()
+    with pytest.raises(ConfigError, match="--warm-start-poses"):
+        _options(warm_start_poses=True).validate()
+    with pytest.raises(ConfigError, match="contradict"):
+        _options(solver="deq", warm_start=False, warm_start_poses=True).validate()
     with pytest.raises(ConfigError, match="not both"):
         _options(solver="deq", deq_max_steps=8, stages=2).validate()
     with pytest.raises(ConfigError, match="--solver"):
@@ -115,8 +122,9 @@ def test_deq_options_need_solver_deq(tmp_path: Path) -> None:
 # --- warm starts ---------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("warm_poses", [False, True])
 def test_every_later_window_starts_from_the_reprojected_previous_solution(
-        contractive_model, frames, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        contractive_model, frames, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, warm_poses: bool) -> None:
     calls: list[tuple] = []
     solve = deq_module.deq_forward
 
@@ -126,7 +134,7 @@ def test_every_later_window_starts_from_the_reprojected_previous_solution(
         return out
 
     monkeypatch.setattr(deq_module, "deq_forward", spy)
-    predictor = DroPredictor(contractive_model, solver="deq", deq=CONTRACTIVE_DEQ)
+    predictor = DroPredictor(contractive_model, solver="deq", deq=CONTRACTIVE_DEQ, warm_poses=warm_poses)
     result = reconstruct(frames, tmp_path / "run", _options(), predictor=predictor, progress=False)
     records = _windows(tmp_path / "run")
     assert len(calls) == N_FRAMES and calls[0][0] is None
@@ -142,15 +150,19 @@ def test_every_later_window_starts_from_the_reprojected_previous_solution(
                                                 records[k]["refs"], K, cfg)
         assert expected is not None
         torch.testing.assert_close(init.inv_depth, expected.inv_depth)
-        torch.testing.assert_close(init.poses, expected.poses)
         torch.testing.assert_close(init.h_depth, expected.h_depth)
-        torch.testing.assert_close(init.h_pose, prev_out.state.h_pose)  # pose GRU states reused
+        if warm_poses:
+            torch.testing.assert_close(init.poses, expected.poses)
+            torch.testing.assert_close(init.h_pose, prev_out.state.h_pose)  # pose GRU states reused
+        else:  # poses from the pose head and pose GRU states from the context encoder, as in a cold start
+            assert init.poses is None and init.h_pose is None
 
 
 def test_warm_start_needs_no_more_steps_than_a_cold_start(contractive_model, static_frames, tmp_path: Path) -> None:
     runs = {}
     for warm in (True, False):
-        predictor = DroPredictor(contractive_model, solver="deq", deq=CONTRACTIVE_DEQ, warm_start=warm)
+        predictor = DroPredictor(contractive_model, solver="deq", deq=CONTRACTIVE_DEQ, warm_start=warm,
+                                 warm_poses=True)
         runs[warm] = reconstruct(static_frames, tmp_path / f"warm{warm}", _options(), predictor=predictor,
                                  progress=False).solver
     warm, cold = runs[True], runs[False]

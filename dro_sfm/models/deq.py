@@ -258,11 +258,13 @@ def deq_forward(
     K8 = scale_intrinsics_feature(K, 1.0 / FEATURE_STRIDE).to(fmap_tgt.dtype)
     cost = FeatureCost(fmap_tgt, list(fmaps_ref), K8, cache_rays=True)
 
-    if init is None:
+    # A missing block of ``init`` (or no init at all) starts from the initial heads, as a cold solve does.
+    p0 = init.poses if init is not None else None
+    d0 = init.inv_depth if init is not None else None
+    if p0 is None:
         p0 = torch.stack([net.pose_head(torch.cat([fmap_tgt, fr], dim=1)) for fr in fmaps_ref], dim=1)
+    if d0 is None:
         d0 = net.depth_head(fmap_tgt, act=torch.sigmoid)
-    else:
-        d0, p0 = init.inv_depth, init.poses
     inv_preds: list[torch.Tensor] = []
     pose_preds: list[torch.Tensor] = []
     if net.training or budget == 0:
@@ -523,11 +525,18 @@ class SequenceWarmStart:
     With ``require_converged`` (default) only a converged solve is handed on: a state that is not a fixed
     point carries the solver's leftover error into the next window, and along a video those errors add up
     (measured: benchmarks/results/deq_video.md), whereas a cold start forgets them.
+
+    ``warm_poses`` hands on the composed poses and the pose GRU states too. Off by default: with the trained
+    models the pose update barely moves a pose it starts near, so composed poses keep the previous windows'
+    motion (constant velocity) instead of this window's; measured on the benchmark video, the per-window
+    rotation error went from 2.8° (cold poses) to 7.5° (docs/deq.md §5). The depth and its GRU state are
+    always handed on.
     """
 
-    def __init__(self, config: DroConfig, require_converged: bool = True) -> None:
+    def __init__(self, config: DroConfig, require_converged: bool = True, warm_poses: bool = False) -> None:
         self.config = config
         self.require_converged = require_converged
+        self.warm_poses = warm_poses
         self.previous: SolvedWindow | None = None
         self._cold_reason = "cold: first window"
 
@@ -544,6 +553,8 @@ class SequenceWarmStart:
                                  self.config)
         if init is None:
             return None, "cold: no motion estimate from the previous window"
+        if not self.warm_poses:
+            init = DroState(init.inv_depth, None, init.h_depth, None)  # poses from the initial pose head
         return init, "warm"
 
     def remember(self, target: int, refs: Sequence[int], out: DroOutput) -> None:

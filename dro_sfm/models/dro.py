@@ -37,10 +37,11 @@ class DroState:
 
     ``inv_depth`` [B,1,h,w] raw (un-normalised) inverse depth; ``poses`` [B,N,6] T_ref_from_tgt vectors;
     ``h_depth`` [B,hd,h,w] and ``h_pose`` [B,N,hd,h,w] GRU states (None: start from the context encoders).
+    As a start, ``inv_depth`` or ``poses`` None means: from the initial heads, as without a start.
     """
 
-    inv_depth: torch.Tensor
-    poses: torch.Tensor
+    inv_depth: torch.Tensor | None
+    poses: torch.Tensor | None
     h_depth: torch.Tensor | None = None
     h_pose: torch.Tensor | None = None
 
@@ -280,13 +281,14 @@ class DroNet(nn.Module):
 
         inv_preds: list[torch.Tensor] = []
         pose_preds: list[torch.Tensor] = []
-        if init is None:
+        p = init.poses if init is not None else None
+        d = init.inv_depth if init is not None else None
+        if p is None:
             p = torch.stack([self.pose_head(torch.cat([fmap_tgt, fr], dim=1)) for fr in fmaps_ref], dim=1)
-            d = self.depth_head(fmap_tgt, act=torch.sigmoid)
             self._emit("pose_head_init", p.transpose(0, 1))
+        if d is None:
+            d = self.depth_head(fmap_tgt, act=torch.sigmoid)
             self._emit("depth_head", d)
-        else:
-            d, p = init.inv_depth, init.poses
         if return_all or stages == 0 or not fast:
             mask0 = self.upmask_net(fmap_tgt)
             self._emit("upmask_net", mask0)

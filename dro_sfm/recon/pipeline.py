@@ -103,6 +103,7 @@ class ReconstructOptions:
     deq_tol: float | None = None  # deq only: stopping tolerance (default: the model's deq.tol)
     deq_max_steps: int | None = None  # deq only: step budget per window (default: the model's deq.max_steps)
     warm_start: bool = True  # deq only: start each window from the previous window's solution
+    warm_start_poses: bool = False  # deq only: hand on the composed poses and pose GRU states too (docs/deq.md §5)
 
     def validate(self) -> None:
         if self.step < 1:
@@ -134,7 +135,8 @@ class ReconstructOptions:
             raise ConfigError(f"--solver must be one of {', '.join(SOLVERS)}, got {self.solver!r}")
         deq_only = [flag for flag, given in (("--deq-tol", self.deq_tol is not None),
                                              ("--deq-max-steps", self.deq_max_steps is not None),
-                                             ("--no-warm-start", not self.warm_start)) if given]
+                                             ("--no-warm-start", not self.warm_start),
+                                             ("--warm-start-poses", self.warm_start_poses)) if given]
         if deq_only and self.solver != "deq":
             raise ConfigError(f"{', '.join(deq_only)} appl{'ies' if len(deq_only) == 1 else 'y'} to --solver deq "
                               "only; add --solver deq or drop them")
@@ -145,6 +147,8 @@ class ReconstructOptions:
             raise ConfigError(f"--deq-tol must be >= 0, got {self.deq_tol}")
         if self.deq_max_steps is not None and self.deq_max_steps < 1:
             raise ConfigError(f"--deq-max-steps must be >= 1, got {self.deq_max_steps}")
+        if self.warm_start_poses and not self.warm_start:
+            raise ConfigError("--warm-start-poses and --no-warm-start contradict each other; give one")
 
 
 @dataclass
@@ -222,12 +226,13 @@ class DroPredictor(WindowPredictor):
     ``solver="unrolled"`` runs the model's fixed schedule (``stages`` x ``steps_per_stage``); ``"deq"`` the
     fixed-point solve of ``dro_sfm.models.deq`` with the same weights, stopping at ``deq.tol`` within the
     budget (``deq.max_steps``, or stages x steps_per_stage when given), each window starting from the
-    previous window's solution re-projected to its target when ``warm_start`` (docs/deq.md §5).
+    previous window's solution re-projected to its target when ``warm_start`` (docs/deq.md §5): its depth
+    and depth GRU state, and with ``warm_poses`` also its composed poses and pose GRU states.
     """
 
     def __init__(self, model: Any, reuse_features: bool = True, stages: int | None = None,
                  steps_per_stage: int | None = None, solver: str = "unrolled", deq: Any = None,
-                 warm_start: bool = True):
+                 warm_start: bool = True, warm_poses: bool = False):
         if solver not in SOLVERS:
             raise ConfigError(f"solver must be one of {', '.join(SOLVERS)}, got {solver!r}")
         self.model = model
@@ -238,6 +243,7 @@ class DroPredictor(WindowPredictor):
         self.solver = solver
         self.deq_config = deq if deq is not None else self.net.config.deq  # a DeqConfig
         self.warm_start = warm_start
+        self.warm_poses = warm_poses
         self._warm: Any = None  # dro_sfm.models.deq.SequenceWarmStart, made on the first DEQ window
         self.name = model.info.name
         self.trained = bool(model.info.trained)
@@ -298,7 +304,7 @@ class DroPredictor(WindowPredictor):
         from dro_sfm.models import deq as deq_module  # looked up per call so that tests can observe it
 
         if self._warm is None:
-            self._warm = deq_module.SequenceWarmStart(self.net.config)
+            self._warm = deq_module.SequenceWarmStart(self.net.config, warm_poses=self.warm_poses)
         ref_ids = [r.index for r in refs]
         init, start = (self._warm.initial_state(target.index, ref_ids, K) if self.warm_start
                        else (None, "cold: warm start disabled"))
@@ -358,7 +364,8 @@ def load_predictor(options: ReconstructOptions) -> DroPredictor:
         deq = replace(base, tol=base.tol if options.deq_tol is None else options.deq_tol,
                       max_steps=base.max_steps if options.deq_max_steps is None else options.deq_max_steps)
     return DroPredictor(model, stages=options.stages, steps_per_stage=options.steps_per_stage,
-                        solver=options.solver, deq=deq, warm_start=options.warm_start)
+                        solver=options.solver, deq=deq, warm_start=options.warm_start,
+                        warm_poses=options.warm_start_poses)
 
 
 # --- input ---------------------------------------------------------------------------------------------------
