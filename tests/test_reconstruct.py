@@ -227,10 +227,13 @@ def test_sample_sequence_is_shipped_and_reproducible(tmp_path: Path) -> None:
         shipped = np.asarray(Image.open(SAMPLE_DIR / name)).astype(np.int16)
         again = np.asarray(Image.open(tmp_path / "again" / name)).astype(np.int16)
         # Another CPU's float kernels may round a colour that lands on .5 the other way (8 of 230400 values
-        # on one CI machine); anything beyond one level, or on more than 0.1% of values, is a real change.
+        # on one CI machine), or put a pixel that straddles an edge on the other surface (on an AMD EPYC
+        # machine: 7 isolated pixels of the last frame differed by up to 28 levels). A real change to the
+        # scene, camera or shading moves far more than 0.1 % of the values or 0.05 % of the pixels.
         diff = np.abs(shipped - again)
-        assert diff.max() <= 1, (name, int(diff.max()))
         assert np.count_nonzero(diff) <= 1e-3 * diff.size, (name, int(np.count_nonzero(diff)))
+        flipped = int(np.count_nonzero(diff.max(axis=-1) > 1))
+        assert flipped <= 5e-4 * diff.shape[0] * diff.shape[1], (name, flipped)
     np.testing.assert_allclose(np.loadtxt(tmp_path / "again" / "groundtruth" / "poses.txt"),
                                np.loadtxt(SAMPLE_DIR / "groundtruth" / "poses.txt"), atol=1e-9)
 
