@@ -141,6 +141,14 @@ def run_subprocess(spec: dict) -> dict:
 # --- video: reconstruct a synthetic sequence, unrolled vs DEQ ---------------------------------------------------
 
 
+def _deq_settings(dcfg, args: argparse.Namespace) -> list:
+    """The model's DeqConfig with each (budget, tolerance) of the command line, budgets outermost."""
+    import dataclasses
+
+    return [dataclasses.replace(dcfg, tol=tol, max_steps=budget)
+            for budget in args.deq_max_steps for tol in args.deq_tols]
+
+
 def video_runs(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     """Render the sequence, then reconstruct it once per solver setting; (setup, one row per run)."""
     import torch
@@ -159,16 +167,14 @@ def video_runs(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     dcfg = deq_model.net.config.deq
     tag = f" [{args.deq_weights}]" if args.deq_weights else ""
     settings: list[tuple[str, object, dict]] = [(f"unrolled {cfg.stages}x{cfg.steps_per_stage}", model, {})]
-    for budget in args.deq_max_steps:
-        for tol in args.deq_tols:
-            deq = dcfg.__class__(**{**dcfg.__dict__, "tol": tol, "max_steps": budget})
-            name = f"tol {tol:g}, budget {budget}{tag}"
-            settings.append((f"DEQ warm, {name}", deq_model, {"solver": "deq", "deq": deq, "warm_start": True}))
-            if args.warm_poses:
-                settings.append((f"DEQ warm with poses, {name}", deq_model,
-                                 {"solver": "deq", "deq": deq, "warm_start": True, "warm_poses": True}))
-            if not args.no_cold:
-                settings.append((f"DEQ cold, {name}", deq_model, {"solver": "deq", "deq": deq, "warm_start": False}))
+    for deq in _deq_settings(dcfg, args):
+        name = f"tol {deq.tol:g}, budget {deq.max_steps}{tag}"
+        settings.append((f"DEQ warm, {name}", deq_model, {"solver": "deq", "deq": deq, "warm_start": True}))
+        if args.warm_poses:
+            settings.append((f"DEQ warm with poses, {name}", deq_model,
+                             {"solver": "deq", "deq": deq, "warm_start": True, "warm_poses": True}))
+        if not args.no_cold:
+            settings.append((f"DEQ cold, {name}", deq_model, {"solver": "deq", "deq": deq, "warm_start": False}))
     options = ReconstructOptions(weights=args.weights, height=args.height, width=args.width, min_motion=0.0,
                                  overwrite=True, fusion="none")
     rows = []
@@ -287,10 +293,8 @@ def solver_stats_runs(args: argparse.Namespace) -> tuple[dict, list[dict], dict[
     cfg, dcfg = model.net.config, deq_model.net.config.deq
     unrolled = f"unrolled {cfg.stages}x{cfg.steps_per_stage}"
     settings = [(unrolled, model, None)]
-    for budget in args.deq_max_steps:
-        for tol in args.deq_tols:
-            deq = dcfg.__class__(**{**dcfg.__dict__, "tol": tol, "max_steps": budget})
-            settings.append((f"DEQ cold, tol {tol:g}, budget {budget}", deq_model, deq))
+    for deq in _deq_settings(dcfg, args):
+        settings.append((f"DEQ cold, tol {deq.tol:g}, budget {deq.max_steps}", deq_model, deq))
     rows: list[dict] = []
     traces: dict[str, list[float]] = {}
     with torch.no_grad():

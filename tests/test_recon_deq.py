@@ -67,7 +67,16 @@ def _windows(out: Path) -> list[dict]:
 
 
 @pytest.mark.parametrize("warm_poses", [False, True])
-def test_cli_reconstruct_with_deq_records_iterations(frames, tmp_path: Path, warm_poses: bool) -> None:
+def test_cli_reconstruct_with_deq_records_iterations(frames, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                     warm_poses: bool) -> None:
+    made: list[bool] = []
+
+    class Recording(deq_module.SequenceWarmStart):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            made.append(self.warm_poses)
+
+    monkeypatch.setattr(deq_module, "SequenceWarmStart", Recording)
     folder = write_frames("folder", frames, tmp_path / "input")
     out = tmp_path / "run"
     result = CliRunner().invoke(main, ["reconstruct", str(folder), "--out", str(out), "--solver", "deq",
@@ -90,7 +99,7 @@ def test_cli_reconstruct_with_deq_records_iterations(frames, tmp_path: Path, war
     assert solver["non_converged_frames"] == [i for i, c in zip(per_frame["index"], per_frame["converged"]) if not c]
     assert solver["warm_started"] == sum(per_frame["warm"]) and not per_frame["warm"][0]
     assert run["options"]["solver"] == "deq" and run["inputs"]["predictor"].endswith(":deq")
-    assert run["options"]["warm_start_poses"] is warm_poses
+    assert run["options"]["warm_start_poses"] is warm_poses and made == [warm_poses]  # the flag reaches the solver
 
     records = _windows(out)
     assert [r["solver"]["steps"] for r in records] == per_frame["steps"]

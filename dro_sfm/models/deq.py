@@ -258,13 +258,7 @@ def deq_forward(
     K8 = scale_intrinsics_feature(K, 1.0 / FEATURE_STRIDE).to(fmap_tgt.dtype)
     cost = FeatureCost(fmap_tgt, list(fmaps_ref), K8, cache_rays=True)
 
-    # A missing block of ``init`` (or no init at all) starts from the initial heads, as a cold solve does.
-    p0 = init.poses if init is not None else None
-    d0 = init.inv_depth if init is not None else None
-    if p0 is None:
-        p0 = torch.stack([net.pose_head(torch.cat([fmap_tgt, fr], dim=1)) for fr in fmaps_ref], dim=1)
-    if d0 is None:
-        d0 = net.depth_head(fmap_tgt, act=torch.sigmoid)
+    d0, p0 = net.start_state(fmap_tgt, list(fmaps_ref), init)
     inv_preds: list[torch.Tensor] = []
     pose_preds: list[torch.Tensor] = []
     if net.training or budget == 0:

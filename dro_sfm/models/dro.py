@@ -151,6 +151,20 @@ class DroNet(nn.Module):
             return raw_inv_depth
         return disp_to_depth(raw_inv_depth, self.config.min_depth, self.config.max_depth)[0]
 
+    def start_state(self, fmap_tgt: torch.Tensor, fmaps_ref: list[torch.Tensor],
+                    init: DroState | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw inverse depth [B,1,h,w] and pose vectors [B,N,6] to start from: ``init``'s, and the initial
+        heads' for whatever ``init`` leaves out (all of it when None)."""
+        p = init.poses if init is not None else None
+        d = init.inv_depth if init is not None else None
+        if p is None:
+            p = torch.stack([self.pose_head(torch.cat([fmap_tgt, fr], dim=1)) for fr in fmaps_ref], dim=1)
+            self._emit("pose_head_init", p.transpose(0, 1))
+        if d is None:
+            d = self.depth_head(fmap_tgt, act=torch.sigmoid)
+            self._emit("depth_head", d)
+        return d, p
+
     def _emit(self, name: str, value: torch.Tensor) -> None:
         if self.trace is not None:
             self.trace(name, value.detach())
@@ -281,14 +295,7 @@ class DroNet(nn.Module):
 
         inv_preds: list[torch.Tensor] = []
         pose_preds: list[torch.Tensor] = []
-        p = init.poses if init is not None else None
-        d = init.inv_depth if init is not None else None
-        if p is None:
-            p = torch.stack([self.pose_head(torch.cat([fmap_tgt, fr], dim=1)) for fr in fmaps_ref], dim=1)
-            self._emit("pose_head_init", p.transpose(0, 1))
-        if d is None:
-            d = self.depth_head(fmap_tgt, act=torch.sigmoid)
-            self._emit("depth_head", d)
+        d, p = self.start_state(fmap_tgt, fmaps_ref, init)
         if return_all or stages == 0 or not fast:
             mask0 = self.upmask_net(fmap_tgt)
             self._emit("upmask_net", mask0)

@@ -179,8 +179,8 @@ def score(
                 depth = pred.depth[0, 0].cpu().numpy()
                 T_pred = pred.T_ref_from_tgt[0].double().cpu().numpy()
                 acc.setdefault(f"dro-{it}", []).append(
-                    (_abs_rel(depth, gt, False), _abs_rel(depth, gt, True), *_pose_errors(T_pred, T_gt),
-                     _depth_scale(depth, gt), _translation_scale(T_pred, T_gt)))
+                    (*prediction_errors(depth, gt, T_pred, T_gt).values(), _depth_scale(depth, gt),
+                     _translation_scale(T_pred, T_gt)))
             if stats is None:
                 continue
             const = np.full_like(gt, stats["median_depth"])
