@@ -46,6 +46,9 @@ class DeqConfig:
     # Training only: evaluate f once more at the last supervised state and return the fixed-point residual
     # ||f(z) - z|| (extras["deq_residual"]) for a loss; set by the trainer when loss.deq_residual_weight > 0.
     train_residual: bool = False
+    # Training only: also return torchdeq's Hutchinson estimate of ||df/dz||_F^2 at that state
+    # (extras["deq_jacobian"]); set by the trainer when loss.deq_jacobian_weight > 0.
+    train_jacobian: bool = False
 
     def __post_init__(self) -> None:
         choices = {

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
 from torchdeq import get_deq
+from torchdeq.loss import jac_reg
 
 from dro_sfm.geometry.camera import camera_rays, project_to_grid, scale_intrinsics_feature, transform_points
 from dro_sfm.geometry.pose import euler_vec_to_matrix, invert_rigid, matrix_to_euler_vec
@@ -306,8 +307,8 @@ def deq_forward(
         pose_preds.append(p)
     d, p, h_d, h_p = states[-1]
 
-    if net.training and dcfg.train_residual:
-        extras["deq_residual"] = fixed_point_residual(func, z_out[-1])
+    if net.training and (dcfg.train_residual or dcfg.train_jacobian):
+        extras.update(fixed_point_terms(func, z_out[-1], jacobian=dcfg.train_jacobian))
 
     stats = _solver_stats(func, info, dcfg, budget, solver)
     stats.hidden_excess = hidden_state_excess(h_d, h_p)
@@ -329,16 +330,33 @@ def deq_forward(
     return out
 
 
-def fixed_point_residual(func: _SolverFunction, z_scaled: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Mean over the batch of ||f(z) - z|| in the solver's block-normalised units (its ``abs`` residual); scalar.
+def fixed_point_terms(func: _SolverFunction, z_scaled: Sequence[torch.Tensor],
+                      jacobian: bool = False) -> dict[str, torch.Tensor]:
+    """Training terms at the last supervised state z (detached), from one more evaluation of f; scalars.
 
-    z is detached, so the gradient acts on f only: it pulls f(z) towards z, making the supervised state more
-    nearly a fixed point. Without such a term a DEQ-trained update keeps moving the state by a roughly
-    constant amount per step and the solver never meets its tolerance (benchmarks/results/deq_video.md).
+    ``deq_residual``: mean over the batch of ||f(z) - z|| in the solver's block-normalised units (its ``abs``
+    residual). z is detached, so the gradient acts on f only and pulls f(z) towards z. Without such a term a
+    DEQ-trained update keeps moving the state by a roughly constant amount per step and the solver never
+    meets its tolerance (benchmarks/results/deq_video.md).
+    ``deq_jacobian`` (with ``jacobian``): torchdeq's Hutchinson estimate of ||∂f/∂z||_F² per state element at
+    z (Bai et al., "Stabilizing equilibrium models by Jacobian regularization"). The residual term only moves
+    f(z) onto z; this one bounds how strongly f amplifies a perturbation of z, which is what makes a fixed
+    point attract instead of being circled (docs/deq.md §4).
     """
     z = [t.detach() for t in z_scaled]
-    diff_sq = _block_squared_change(func(*z), z)
-    return (diff_sq.sum(1) + 1e-12).sqrt().mean()
+    if not jacobian:
+        diff_sq = _block_squared_change(func(*z), z)
+        return {"deq_residual": (diff_sq.sum(1) + 1e-12).sqrt().mean()}
+    # jac_reg differentiates one tensor by one tensor: run f on views of a single flat leaf [B,D].
+    B = z[0].shape[0]
+    sizes = [t[0].numel() for t in z]
+    z_flat = torch.cat([t.reshape(B, -1) for t in z], 1).requires_grad_(True)
+    blocks = [part.view_as(t) for part, t in zip(z_flat.split(sizes, 1), z)]
+    fz = func(*blocks)
+    f_flat = torch.cat([t.reshape(B, -1) for t in fz], 1)
+    diff_sq = _block_squared_change(fz, blocks)
+    residual = (diff_sq.sum(1) + 1e-12).sqrt().mean()  # z_flat is a leaf: the weights' gradient is f's only
+    return {"deq_residual": residual, "deq_jacobian": jac_reg(f_flat, z_flat, vecs=1, create_graph=True)}
 
 
 def _solver_stats(func: _SolverFunction, info: dict, d: DeqConfig, budget: int, solver: str) -> DeqStats:

@@ -27,9 +27,11 @@ class ModelSection:
     # Modules re-initialised after the warm start, e.g. heads whose ReLUs all died (see `activity/*` in the logs)
     reinit: list[str] = field(default_factory=list)
 
-    def build_config(self, min_depth: float, max_depth: float, deq_train_residual: bool = False) -> DroConfig:
-        """The network's config; ``deq_train_residual`` makes a DEQ model return its fixed-point residual in
-        training (for ``loss.deq_residual_weight``)."""
+    def build_config(self, min_depth: float, max_depth: float, deq_train_residual: bool = False,
+                     deq_train_jacobian: bool = False) -> DroConfig:
+        """The network's config; ``deq_train_residual`` / ``deq_train_jacobian`` make a DEQ model return its
+        fixed-point residual / Jacobian estimate in training (for ``loss.deq_residual_weight`` /
+        ``loss.deq_jacobian_weight``)."""
         if self.official_version is not None:
             from dro_sfm.models.official import parse_official_version
 
@@ -45,14 +47,17 @@ class ModelSection:
             cfg = cfg.with_(**overrides)
         except TypeError as err:
             raise ConfigError(f"model.overrides: {err}") from err
-        if deq_train_residual:
-            if cfg.solver != "deq":
-                raise ConfigError("loss.deq_residual_weight > 0 needs a DEQ model: set model.overrides.solver: deq")
-            cfg = cfg.with_(deq=dataclasses.replace(cfg.deq, train_residual=True))
+        for wanted, weight in ((deq_train_residual, "deq_residual_weight"), (deq_train_jacobian, "deq_jacobian_weight")):
+            if wanted and cfg.solver != "deq":
+                raise ConfigError(f"loss.{weight} > 0 needs a DEQ model: set model.overrides.solver: deq")
+        if deq_train_residual or deq_train_jacobian:
+            cfg = cfg.with_(deq=dataclasses.replace(cfg.deq, train_residual=deq_train_residual,
+                                                    train_jacobian=deq_train_jacobian))
         return cfg
 
-    def build(self, min_depth: float, max_depth: float, deq_train_residual: bool = False) -> DroNet:
-        return DroNet(self.build_config(min_depth, max_depth, deq_train_residual))
+    def build(self, min_depth: float, max_depth: float, deq_train_residual: bool = False,
+              deq_train_jacobian: bool = False) -> DroNet:
+        return DroNet(self.build_config(min_depth, max_depth, deq_train_residual, deq_train_jacobian))
 
 
 @dataclass
@@ -91,6 +96,8 @@ class LossSection:
     pose_param_translation_weight: float = 1.0
     # DEQ models: weight of the fixed-point residual ||f(z) - z|| at the last supervised state (0 = off)
     deq_residual_weight: float = 0.0
+    # DEQ models: weight of the Jacobian regulariser ||df/dz||_F^2 per element at that state (0 = off)
+    deq_jacobian_weight: float = 0.0
     flip_lr_prob: float = 0.5
 
 

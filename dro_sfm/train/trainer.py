@@ -151,7 +151,8 @@ class Trainer:
         self.out_dir = Path(cfg.out_dir)
         d = cfg.data
         torch.manual_seed(cfg.seed)  # the initial weights, like every step, follow from the seed
-        self.net = cfg.model.build(d.min_depth, d.max_depth, cfg.loss.deq_residual_weight > 0).to(self.device)
+        self.net = cfg.model.build(d.min_depth, d.max_depth, cfg.loss.deq_residual_weight > 0,
+                                   cfg.loss.deq_jacobian_weight > 0).to(self.device)
         if cfg.model.init_weights:
             self.net.load_state_dict(initial_state_dict(cfg.model.init_weights), strict=True)
         reinitialise(self.net, cfg.model.reinit)
@@ -265,10 +266,14 @@ class Trainer:
             )
             loss = loss + cfg.loss.pose_param_weight * pose_param
             terms["pose_param"] = float(pose_param.detach())
-        if cfg.loss.deq_residual_weight > 0:
-            residual = out.extras["deq_residual"]
-            loss = loss + cfg.loss.deq_residual_weight * residual
-            terms["deq_residual"] = float(residual.detach())
+        for name, weight in (("deq_residual", cfg.loss.deq_residual_weight),
+                             ("deq_jacobian", cfg.loss.deq_jacobian_weight)):
+            term = out.extras.get(name)
+            if term is None:
+                continue
+            terms[name] = float(term.detach())  # logged even when unweighted: the solver's health
+            if weight > 0:
+                loss = loss + weight * term
         return loss, terms, {"out": out, "poses": poses}
 
     def _ddp_forward(self, target, refs, K):
