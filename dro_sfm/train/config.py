@@ -47,9 +47,9 @@ class ModelSection:
             cfg = cfg.with_(**overrides)
         except TypeError as err:
             raise ConfigError(f"model.overrides: {err}") from err
-        for wanted, weight in ((deq_train_residual, "deq_residual_weight"), (deq_train_jacobian, "deq_jacobian_weight")):
+        for wanted, term in ((deq_train_residual, "residual"), (deq_train_jacobian, "jacobian")):
             if wanted and cfg.solver != "deq":
-                raise ConfigError(f"loss.{weight} > 0 needs a DEQ model: set model.overrides.solver: deq")
+                raise ConfigError(f"loss.deq_{term}_weight > 0 needs a DEQ model: set model.overrides.solver: deq")
         if deq_train_residual or deq_train_jacobian:
             cfg = cfg.with_(deq=dataclasses.replace(cfg.deq, train_residual=deq_train_residual,
                                                     train_jacobian=deq_train_jacobian))
