@@ -19,6 +19,7 @@ from dro_sfm.geometry.pose import euler_vec_to_matrix, invert_rigid
 from dro_sfm.losses.supervised import supervised_loss
 from dro_sfm.models.config import DeqConfig, DroConfig, EncoderWidths, small_config
 from dro_sfm.models.deq import (
+    HIDDEN_BOUND_SLACK,
     SequenceWarmStart,
     deq_forward,
     fixed_point_terms,
@@ -709,7 +710,9 @@ def test_sequence_warm_start_hands_each_window_its_predecessor() -> None:
 def test_shipped_deq_model_converges_on_held_out_indoor_samples(record_property) -> None:
     """The DEQ-trained variant (``default-deq``) solves held-out synthetic rooms (model-card samples, reserved
     seeds) to its own tolerance within its budget; at that point it agrees with the unrolled schedule of the
-    same weights. Outdoor solves do not converge yet (issue #7): their residual is reported, not bounded."""
+    same weights. Outdoor solves mostly stop just short of the tolerance within the 12-step budget (issue #7):
+    their residual is reported and held within 2.5x the tolerance (round 6 leaves 0.013-0.018 on these samples;
+    round 5, trained without the Jacobian term, left about 0.04)."""
     from dro_sfm.models.predict import load_model
     from dro_sfm.models.weights import DEFAULT_DEQ_WEIGHTS
     from dro_sfm.train.scorecard import prediction_errors, reserved_dataset
@@ -728,8 +731,9 @@ def test_shipped_deq_model_converges_on_held_out_indoor_samples(record_property)
             stats = pred.output.extras["deq"]
             record_property(f"deq_{kind}_{i}_residual", float(stats.residual.max()))
             if kind == "outdoor":
-                assert math.isfinite(float(stats.residual.max())) and stats.converged == bool(
-                    (stats.residual <= cfg.deq.tol).all() and stats.hidden_excess <= 0)
+                assert float(stats.residual.max()) < 2.5 * cfg.deq.tol, stats.summary()
+                assert stats.converged == bool((stats.residual <= cfg.deq.tol).all()
+                                               and stats.hidden_excess <= HIDDEN_BOUND_SLACK)
                 continue
             assert stats.converged and float(stats.residual.max()) <= cfg.deq.tol, stats.summary()
             assert stats.steps <= cfg.deq.max_steps
