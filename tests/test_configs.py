@@ -83,7 +83,7 @@ def test_config_runs_one_reduced_step(tmp_path: Path, config: Path) -> None:
     assert loss == loss and 0 < loss < 1e3
     payload = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     d = cfg.data
-    residual = cfg.loss.deq_residual_weight > 0
-    expected = dataclasses.asdict(cfg.model.build_config(d.min_depth, d.max_depth, residual).with_(stages=1))
+    terms = (cfg.loss.deq_residual_weight > 0, cfg.loss.deq_jacobian_weight > 0)
+    expected = dataclasses.asdict(cfg.model.build_config(d.min_depth, d.max_depth, *terms).with_(stages=1))
     assert payload["model_config"] == expected  # the architecture the config names, iterations reduced
     assert payload["step"] == 1 and payload["config"]["name"] == cfg.name

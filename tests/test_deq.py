@@ -443,27 +443,6 @@ def test_train_residual_is_the_solver_residual_of_the_last_state() -> None:
     assert all(p.grad is None for p in net.depth_head.parameters())  # the state is detached: only f moves
 
 
-def test_residual_weight_needs_a_deq_model_and_lowers_the_residual(tmp_path) -> None:
-    from test_train import tiny_config as train_config
-    from test_train import write_box_dataset
-
-    from dro_sfm.train.datasets import collate
-    from dro_sfm.train.trainer import Trainer
-
-    root, _ = write_box_dataset("7scenes", tmp_path / "data", n=6)
-    with pytest.raises(ConfigError, match="solver: deq"):
-        Trainer(train_config(tmp_path, "7scenes", root, "loss.deq_residual_weight=1.0"))
-    cfg = train_config(tmp_path, "7scenes", root, "data.augment=false", "optim.lr=1e-3",
-                       "model.overrides.solver=deq", "model.overrides.deq={max_steps: 6, n_states: 2}",
-                       "loss.deq_residual_weight=10.0")
-    trainer = Trainer(cfg)
-    assert trainer.net.config.deq.train_residual
-    batch = collate([trainer.dataset[0], trainer.dataset[1]])
-    residuals = np.array([trainer.train_step(batch).terms["deq_residual"] for _ in range(15)])
-    assert np.isfinite(residuals).all()
-    assert np.median(residuals[-4:]) < 0.5 * residuals[0], residuals
-
-
 def test_jacobian_term_estimates_the_jacobian_norm_of_the_joint_state() -> None:
     """extras["deq_jacobian"] is ||df/dz||_F^2 per state element over all blocks, cross-block terms included."""
     a, b, c = 0.5, 2.0, 0.3
@@ -502,7 +481,8 @@ def test_train_jacobian_term_reaches_the_update_blocks(recompute: bool) -> None:
     assert all(p.grad is None for p in net.depth_head.parameters())  # the state is detached: only f moves
 
 
-def test_jacobian_weight_needs_a_deq_model_and_lowers_the_jacobian(tmp_path) -> None:
+@pytest.mark.parametrize("term", ["residual", "jacobian"])
+def test_fixed_point_term_weight_needs_a_deq_model_and_lowers_its_term(tmp_path, term: str) -> None:
     from test_train import tiny_config as train_config
     from test_train import write_box_dataset
 
@@ -510,19 +490,20 @@ def test_jacobian_weight_needs_a_deq_model_and_lowers_the_jacobian(tmp_path) -> 
     from dro_sfm.train.trainer import Trainer
 
     root, _ = write_box_dataset("7scenes", tmp_path / "data", n=6)
-    with pytest.raises(ConfigError, match="deq_jacobian_weight.*solver: deq"):
-        Trainer(train_config(tmp_path, "7scenes", root, "loss.deq_jacobian_weight=1.0"))
+    with pytest.raises(ConfigError, match=f"deq_{term}_weight.*solver: deq"):
+        Trainer(train_config(tmp_path, "7scenes", root, f"loss.deq_{term}_weight=1.0"))
     cfg = train_config(tmp_path, "7scenes", root, "data.augment=false", "optim.lr=1e-3",
                        "model.overrides.solver=deq", "model.overrides.deq={max_steps: 6, n_states: 2}",
-                       "loss.deq_jacobian_weight=10.0")
+                       f"loss.deq_{term}_weight=10.0")
     trainer = Trainer(cfg)
-    assert trainer.net.config.deq.train_jacobian and not trainer.net.config.deq.train_residual
+    deq = trainer.net.config.deq
+    assert (deq.train_residual, deq.train_jacobian) == (term == "residual", term == "jacobian")
     batch = collate([trainer.dataset[0], trainer.dataset[1]])
     steps = [trainer.train_step(batch).terms for _ in range(15)]
-    jac = np.array([t["deq_jacobian"] for t in steps])
-    assert all("deq_residual" in t for t in steps)  # logged, though unweighted
-    assert np.isfinite(jac).all()
-    assert np.median(jac[-4:]) < 0.5 * jac[0], jac
+    assert all("deq_residual" in t for t in steps)  # logged whenever computed, weighted or not
+    values = np.array([t[f"deq_{term}"] for t in steps])
+    assert np.isfinite(values).all()
+    assert np.median(values[-4:]) < 0.5 * values[0], values
 
 
 # ------------------------------------------------------------------------------------------- warm starts
