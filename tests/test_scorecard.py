@@ -13,7 +13,7 @@ from dro_sfm.models.dro import DroNet
 from dro_sfm.models.predict import DroModel, ModelInfo
 from dro_sfm.train.config import TrainConfig
 from dro_sfm.train.datasets import RESERVED_SEED_START, SyntheticDataset, training_seed
-from dro_sfm.train.scorecard import reserved_dataset, rows_to_markdown, score
+from dro_sfm.train.scorecard import prediction_errors, reserved_dataset, rows_to_markdown, score
 
 
 @settings(max_examples=200, deadline=None)
@@ -129,3 +129,18 @@ def test_training_wall_time_sums_each_process_even_when_a_resume_repeats_steps(t
     assert len(list(tmp_path.glob("events.*"))) == 2
     assert training_wall_time(tmp_path) == 150.0
     assert training_wall_time(tmp_path / "missing") is None
+
+
+def test_prediction_errors_of_a_sample_without_translation_leave_the_direction_undefined_quietly() -> None:
+    """A reference at the target's position has no translation direction: NaN, and no numpy warning."""
+    import warnings
+
+    depth = np.full((8, 8), 2.0)
+    T_gt = np.stack([np.eye(4), np.eye(4)])
+    T_pred = T_gt.copy()
+    T_pred[0, :3, 3] = [0.1, 0.0, 0.0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        errors = prediction_errors(depth, depth, T_pred, T_gt)
+    assert np.isnan(errors["tdir_deg"]) and errors["rot_deg"] == pytest.approx(0.0, abs=1e-6)
+    assert errors["abs_rel"] == pytest.approx(0.0)

@@ -70,7 +70,16 @@ def _pose_errors(T_pred: np.ndarray, T_gt: np.ndarray) -> tuple[float, float]:
     """Mean rotation and translation-direction errors (deg) over references; T [N,4,4]."""
     rot = rotation_error_deg(T_gt[:, :3, :3], T_pred[:, :3, :3])
     tdir = translation_direction_error_deg(T_gt[:, :3, 3], T_pred[:, :3, 3])
-    return float(np.nanmean(rot)), float(np.nanmean(tdir))
+    # a direction is undefined for a zero translation (NaN); a sample where every one is undefined gets NaN
+    # without numpy's "Mean of empty slice" warning
+    return _finite_mean(rot), _finite_mean(tdir)
+
+
+def _finite_mean(values: np.ndarray) -> float:
+    """Mean of the finite entries, NaN when there are none."""
+    finite = np.asarray(values, dtype=np.float64)
+    finite = finite[np.isfinite(finite)]
+    return float(finite.mean()) if finite.size else float("nan")
 
 
 def prediction_errors(depth: np.ndarray, gt: np.ndarray, T_pred: np.ndarray, T_gt: np.ndarray) -> dict[str, float]:
