@@ -169,16 +169,15 @@ class _WindowPoseErrors:
     def __call__(self, target, refs):
         import numpy as np
 
+        from dro_sfm.eval.pose_metrics import rotation_error_deg, translation_direction_error_deg
+
         window = self.predictor(target, refs)
-        for i, ref in enumerate(refs):
-            T_gt = np.linalg.inv(ref.gt_pose) @ target.gt_pose
-            T = window.T_ref_from_tgt[i].astype(np.float64)
-            R_err = T_gt[:3, :3].T @ T[:3, :3]
-            rot = np.degrees(np.arccos(np.clip((np.trace(R_err) - 1.0) / 2.0, -1.0, 1.0)))
-            t, t_gt = T[:3, 3], T_gt[:3, 3]
-            norms = np.linalg.norm(t) * np.linalg.norm(t_gt)
-            tdir = np.degrees(np.arccos(np.clip(t @ t_gt / norms, -1.0, 1.0))) if norms > 1e-12 else np.nan
-            self.errors.append((float(rot), float(tdir), float(abs(np.linalg.norm(t) - np.linalg.norm(t_gt)))))
+        T_gt = np.stack([np.linalg.inv(ref.gt_pose) @ target.gt_pose for ref in refs])  # [N,4,4] T_ref_from_tgt
+        T = window.T_ref_from_tgt.astype(np.float64)
+        rot = rotation_error_deg(T_gt[:, :3, :3], T[:, :3, :3])
+        tdir = translation_direction_error_deg(T_gt[:, :3, 3], T[:, :3, 3])
+        tlen = np.abs(np.linalg.norm(T[:, :3, 3], axis=1) - np.linalg.norm(T_gt[:, :3, 3], axis=1))
+        self.errors.extend(zip(rot.tolist(), tdir.tolist(), tlen.tolist()))
         return window
 
 

@@ -344,19 +344,19 @@ def fixed_point_terms(func: _SolverFunction, z_scaled: Sequence[torch.Tensor],
     point attract instead of being circled (docs/deq.md §4).
     """
     z = [t.detach() for t in z_scaled]
-    if not jacobian:
-        diff_sq = _block_squared_change(func(*z), z)
-        return {"deq_residual": (diff_sq.sum(1) + 1e-12).sqrt().mean()}
-    # jac_reg differentiates one tensor by one tensor: run f on views of a single flat leaf [B,D].
-    B = z[0].shape[0]
-    sizes = [t[0].numel() for t in z]
-    z_flat = torch.cat([t.reshape(B, -1) for t in z], 1).requires_grad_(True)
-    blocks = [part.view_as(t) for part, t in zip(z_flat.split(sizes, 1), z)]
+    blocks = z
+    if jacobian:
+        # jac_reg differentiates one tensor by one tensor: run f on views of a single flat leaf [B,D].
+        B = z[0].shape[0]
+        z_flat = torch.cat([t.reshape(B, -1) for t in z], 1).requires_grad_(True)
+        blocks = [part.view_as(t) for part, t in zip(z_flat.split([t[0].numel() for t in z], 1), z)]
     fz = func(*blocks)
-    f_flat = torch.cat([t.reshape(B, -1) for t in fz], 1)
-    diff_sq = _block_squared_change(fz, blocks)
-    residual = (diff_sq.sum(1) + 1e-12).sqrt().mean()  # z_flat is a leaf: the weights' gradient is f's only
-    return {"deq_residual": residual, "deq_jacobian": jac_reg(f_flat, z_flat, vecs=1, create_graph=True)}
+    # z (or its flat leaf) carries no weights: the gradient of both terms is f's only
+    terms = {"deq_residual": (_block_squared_change(fz, blocks).sum(1) + 1e-12).sqrt().mean()}
+    if jacobian:
+        f_flat = torch.cat([t.reshape(B, -1) for t in fz], 1)
+        terms["deq_jacobian"] = jac_reg(f_flat, z_flat, vecs=1, create_graph=True)
+    return terms
 
 
 def _solver_stats(func: _SolverFunction, info: dict, d: DeqConfig, budget: int, solver: str) -> DeqStats:
