@@ -226,6 +226,23 @@ def test_non_converging_solve_is_reported(caplog: pytest.LogCaptureFixture) -> N
     assert not caplog.records
 
 
+def test_state_outside_the_hidden_box_is_labelled_by_its_residual() -> None:
+    net = use_deq(contractive_net(torch.float32).eval(), forward_solver="fixed_point_iter", tol=1e-12,
+                  max_steps=2)
+    target, refs, K = inputs()
+    with torch.no_grad():
+        stats = net.forward_full(target, refs, K).extras["deq"]
+    assert "outside [-1, 1]" not in stats.summary()
+    # above tol: the last iterate of a solve that ran out of steps, not a claimed fixed point
+    stats.hidden_excess = 0.006
+    assert "by 0.006 (an unconverged iterate)" in stats.summary()
+    # within tol: a root that no fixed point of f can be
+    stats.tol = float(stats.residual.max())
+    assert "by 0.006 (spurious root)" in stats.summary()
+    stats.hidden_excess = HIDDEN_BOUND_SLACK / 2
+    assert "outside [-1, 1]" not in stats.summary()
+
+
 def test_per_call_settings_leave_the_network_alone(caplog: pytest.LogCaptureFixture) -> None:
     """``deq_config`` replaces the network's DEQ settings for one call; ``warn=False`` keeps failures quiet."""
     net = use_deq(contractive_net(torch.float32).eval(), forward_solver="anderson", tol=1e-4, max_steps=40)

@@ -73,7 +73,10 @@ class DeqStats:
         text = (f"DEQ {self.solver}: {state}, {self.stop_mode} residual {worst:.3g} (tol {self.tol:g}) "
                 f"after {self.steps}/{self.max_steps} steps")
         if self.hidden_excess > HIDDEN_BOUND_SLACK:
-            text += f", GRU state outside [-1, 1] by {self.hidden_excess:.3g} (spurious root)"
+            # Within tol the state claims to be a fixed point, which |h| > 1 rules out; above tol it is just the
+            # last iterate of a solve that ran out of steps, and Anderson's extrapolation can overshoot the box.
+            kind = "spurious root" if worst <= self.tol else "an unconverged iterate"
+            text += f", GRU state outside [-1, 1] by {self.hidden_excess:.3g} ({kind})"
         return text
 
 
