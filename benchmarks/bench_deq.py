@@ -365,6 +365,7 @@ def solver_stats_runs(args: argparse.Namespace) -> tuple[dict, list[dict], dict[
     import numpy as np
     import torch
 
+    from dro_sfm.models.deq import dominant_eigenvalue
     from dro_sfm.models.predict import load_model
     from dro_sfm.train.scorecard import prediction_errors, reserved_dataset
 
@@ -396,6 +397,9 @@ def solver_stats_runs(args: argparse.Namespace) -> tuple[dict, list[dict], dict[
                         rec.update(steps=int(stats.steps), converged=bool(stats.converged),
                                    residual=float(stats.residual.max()))
                         steps_trace[label].append(stats.abs_trace[:, 0].numpy())
+                        if args.eigen:
+                            value, shares = dominant_eigenvalue(pred.output.extras["deq_map"], pred.output.state)
+                            rec.update(eigen=float(value[0]), eigen_depth_share=float(shares["inv_depth"][0]))
                     per[label].append(rec)
             for label, recs in per.items():
                 row = {"kind": kind, "setting": label, "n": len(recs)}
@@ -408,6 +412,10 @@ def solver_stats_runs(args: argparse.Namespace) -> tuple[dict, list[dict], dict[
                     row["steps_mean_converged"] = float(np.mean(conv)) if conv else None
                     row["residual_median"] = float(np.median([r["residual"] for r in recs]))
                     row["residual_max"] = float(np.max([r["residual"] for r in recs]))
+                    if args.eigen:
+                        row["eigen_median"] = float(np.median([r["eigen"] for r in recs]))
+                        row["eigen_max"] = float(np.max([r["eigen"] for r in recs]))
+                        row["eigen_depth_share"] = float(np.median([r["eigen_depth_share"] for r in recs]))
                     longest = max(len(t) for t in steps_trace[label])
                     # a converged solve stops early; its residual after that step is its final one
                     padded = [np.pad(t, (0, longest - len(t)), mode="edge") for t in steps_trace[label]]
@@ -445,6 +453,13 @@ def solver_stats_report(setup: dict, rows: list[dict], traces: dict[str, list[fl
                      f"{r['rot_deg']:.2f} | {r['tdir_deg']:.2f} | {conv} | {_fmt(r.get('steps_mean'), '.1f')} | "
                      f"{_fmt(r.get('steps_mean_converged'), '.1f')} | {_fmt(r.get('residual_median'), '.4f')} | "
                      f"{_fmt(r.get('residual_max'), '.4f')} |")
+    eigen_rows = [r for r in rows if "eigen_median" in r]
+    if eigen_rows:
+        lines += ["", "Largest |eigenvalue| of ∂f/∂z at the returned state (power method, 40 backward passes of f; "
+                  "`dro_sfm.models.deq.dominant_eigenvalue`) and the share of its eigenvector in the inverse-depth "
+                  "block:", "", "| kind | setting | median | max | depth share (median) |", "|---|---|---:|---:|---:|"]
+        lines += [f"| {r['kind']} | {r['setting']} | {r['eigen_median']:.3f} | {r['eigen_max']:.3f} | "
+                  f"{r['eigen_depth_share']:.2f} |" for r in eigen_rows]
     lines += ["", "Median `abs` residual after each evaluation of f (a solve that stopped early keeps its last "
               "value):", ""]
     for name, trace in traces.items():
@@ -521,6 +536,9 @@ def main() -> None:
     stats.add_argument("--solver-stats", action="store_true",
                        help="cold DEQ solves of held-out synthetic samples: convergence, residual per step, accuracy")
     stats.add_argument("--samples", type=int, default=16, help="samples per kind (indoor, outdoor)")
+    stats.add_argument("--eigen", action="store_true",
+                       help="also estimate the largest |eigenvalue| of df/dz at each returned state (40 backward "
+                            "passes of f per solve)")
     args = ap.parse_args()
     if args.solver_stats:
         solver_stats_main(args)

@@ -324,6 +324,7 @@ def deq_forward(
     stats_box["stats"] = stats
     _report(stats, net.training, warn)
     extras["deq"] = stats
+    extras["deq_map"] = func  # f at this input, for diagnostics (dominant_eigenvalue)
     out = DroOutput(inv_preds, pose_preds, DroState(d, p, h_d, h_p), torch.stack(func.costs), extras=extras)
     if return_cost_map:
         X = cost.points(inv2depth(net.normalize(d)))
@@ -331,6 +332,23 @@ def deq_forward(
         per_ref = [cost.single_T(i, mats[:, i], X).mean(1, keepdim=True) for i in range(N)]
         out.cost_map = torch.stack(per_ref, 1).mean(1).detach()
     return out
+
+
+def _flat_leaf(z: Sequence[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Detached state blocks -> (one leaf [B,D] that requires grad, the blocks as views of it).
+
+    torchdeq's Jacobian tools differentiate one tensor by one tensor; running f on views of a single leaf
+    makes them see the whole joint state, cross-block terms included.
+    """
+    B = z[0].shape[0]
+    z_flat = torch.cat([t.detach().reshape(B, -1) for t in z], 1).requires_grad_(True)
+    blocks = [part.view_as(t) for part, t in zip(z_flat.split([t[0].numel() for t in z], 1), z)]
+    return z_flat, blocks
+
+
+def _flat(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """State blocks -> [B,D] in ``_flat_leaf``'s order."""
+    return torch.cat([t.reshape(t.shape[0], -1) for t in blocks], 1)
 
 
 def fixed_point_terms(func: _SolverFunction, z_scaled: Sequence[torch.Tensor],
@@ -346,20 +364,46 @@ def fixed_point_terms(func: _SolverFunction, z_scaled: Sequence[torch.Tensor],
     f(z) onto z; this one bounds how strongly f amplifies a perturbation of z, which is what makes a fixed
     point attract instead of being circled (docs/deq.md §4).
     """
-    z = [t.detach() for t in z_scaled]
-    blocks = z
     if jacobian:
-        # jac_reg differentiates one tensor by one tensor: run f on views of a single flat leaf [B,D].
-        B = z[0].shape[0]
-        z_flat = torch.cat([t.reshape(B, -1) for t in z], 1).requires_grad_(True)
-        blocks = [part.view_as(t) for part, t in zip(z_flat.split([t[0].numel() for t in z], 1), z)]
+        z_flat, blocks = _flat_leaf(z_scaled)
+    else:
+        blocks = [t.detach() for t in z_scaled]
     fz = func(*blocks)
     # z (or its flat leaf) carries no weights: the gradient of both terms is f's only
     terms = {"deq_residual": (_block_squared_change(fz, blocks).sum(1) + 1e-12).sqrt().mean()}
     if jacobian:
-        f_flat = torch.cat([t.reshape(B, -1) for t in fz], 1)
-        terms["deq_jacobian"] = jac_reg(f_flat, z_flat, vecs=1, create_graph=True)
+        terms["deq_jacobian"] = jac_reg(_flat(fz), z_flat, vecs=1, create_graph=True)
     return terms
+
+
+def dominant_eigenvalue(func: _SolverFunction, state: DroState,
+                        iters: int = 40) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Power-method estimate of the largest |eigenvalue| of ∂f/∂z at ``state`` [B], and the share of its
+    (left) eigenvector's squared norm in each block, name -> [B]; block-normalised units.
+
+    ``func`` is ``out.extras["deq_map"]`` of the solve that produced ``state``. Near 1 means a direction in
+    which f neither pulls the state back nor pushes it away, so the solver cannot make up any residual there
+    (docs/deq.md §4). Costs ``iters`` backward passes through f.
+    """
+    z = func.codec.encode([state.inv_depth, state.poses, state.h_depth, state.h_pose])
+    gen = torch.Generator().manual_seed(0)
+    with torch.enable_grad():
+        z_flat, blocks = _flat_leaf(z)
+        f_flat = _flat(func(*blocks))
+        v = torch.randn(z_flat.shape, generator=gen, dtype=z_flat.dtype).to(z_flat.device)
+        v = v / v.norm(dim=1, keepdim=True)
+        log_growth = []
+        for _ in range(iters):
+            vJ = torch.autograd.grad(f_flat, z_flat, v, retain_graph=True)[0]
+            norm = vJ.norm(dim=1, keepdim=True)
+            log_growth.append(norm.log()[:, 0])
+            v = vJ / norm
+    # The per-step growth |vᵀJ|, not torchdeq's Rayleigh quotient (power_method): when the dominant
+    # eigenvalues are a complex pair, as they are for the GRU dynamics, the quotient oscillates well below
+    # |λ| while the growth's geometric mean over the settled second half converges to it.
+    value = torch.stack(log_growth[iters // 2:]).mean(0).exp()
+    parts = v.detach().split([t[0].numel() for t in z], 1)
+    return value.detach(), {name: part.pow(2).sum(1) for name, part in zip(BLOCKS, parts)}
 
 
 def _solver_stats(func: _SolverFunction, info: dict, d: DeqConfig, budget: int, solver: str) -> DeqStats:
