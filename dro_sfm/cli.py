@@ -355,10 +355,15 @@ def weights_download(name: str, force: bool) -> None:
 def weights_info(checkpoint: str, net_version: str | None, min_depth: float | None,
                  max_depth: float | None) -> None:
     """Load CHECKPOINT (a file or a cached name) without running code from it and describe it."""
-    from dro_sfm.models.checkpoint import load_official_checkpoint, parameter_counts
+    from dro_sfm.models.checkpoint import load_official_checkpoint, read_checkpoint_file
+    from dro_sfm.models.predict import OWN_FORMAT, DroModel
     from dro_sfm.models.weights import resolve_weights
 
     path = resolve_weights(checkpoint, download=False)
+    payload = read_checkpoint_file(path)
+    if isinstance(payload, dict) and payload.get("format") == OWN_FORMAT:
+        _describe_own_model(DroModel.load(path))
+        return
     model, info = load_official_checkpoint(
         path, version=net_version, min_depth=min_depth, max_depth=max_depth
     )
@@ -372,7 +377,32 @@ def weights_info(checkpoint: str, net_version: str | None, min_depth: float | No
         ("tensors", str(info.num_tensors)),
     ):
         click.echo(f"{label + ':':<13}{value}")
-    counts = parameter_counts(model)
+    _echo_parameter_counts(model)
+
+
+def _describe_own_model(model) -> None:
+    """What ``weights info`` prints for a dro-sfm model file (shipped or exported from a training run)."""
+    cfg, info = model.net.config, model.info
+    solver = cfg.solver if cfg.solver == "unrolled" else (
+        f"deq ({cfg.deq.forward_solver}, tol {cfg.deq.tol:g}, budget {cfg.deq.max_steps})")
+    schedule = f"{cfg.stages} x {cfg.steps_per_stage} unrolled steps" if cfg.solver == "unrolled" else solver
+    for label, value in (
+        ("file", info.source), ("layout", "dro-sfm model file"), ("name", info.name),
+        ("widths", f"hidden {cfg.hidden_dim}, context {cfg.context_dim}, features {cfg.feature_dim}"),
+        ("solver", schedule),
+        ("depth range", f"{cfg.min_depth:g} - {cfg.max_depth:g} {info.depth_units}"),
+        ("image shape", f"{info.image_shape[0]} x {info.image_shape[1]} (H x W)"),
+        ("trained", "yes" if info.trained else "no (random weights)"),
+        *((key.replace("_", " "), str(value)) for key, value in info.notes.items()),
+    ):
+        click.echo(f"{label + ':':<15}{value}")
+    _echo_parameter_counts(model.net)
+
+
+def _echo_parameter_counts(net) -> None:
+    from dro_sfm.models.checkpoint import parameter_counts
+
+    counts = parameter_counts(net)
     click.echo("parameters:")
     for module, count in [*counts.items(), ("total", sum(counts.values()))]:
         click.echo(f"  {module:<20}{count:>12,}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import socket
@@ -224,6 +225,30 @@ def test_cli_download_list_and_info(cache, server):
     assert len(server.requests) == 1
     again = runner.invoke(main, ["weights", "download", "indoor_scannet", "--force"])
     assert again.exit_code == 0 and len(server.requests) == 2
+
+
+def test_cli_info_describes_dro_sfm_model_files(tmp_path):
+    """`weights info` reads dro-sfm's own model files (the shipped ones, exported training runs), not only
+    official checkpoints: it used to demand an official `model.depth_net.version` and fail on both."""
+    from dro_sfm.models.config import small_config
+    from dro_sfm.models.dro import DroNet
+    from dro_sfm.models.predict import DroModel, ModelInfo
+
+    cfg = dataclasses.replace(small_config(), solver="deq")
+    path = tmp_path / "mine.pt"
+    DroModel(DroNet(cfg), ModelInfo(name="mine", image_shape=(96, 128), notes={"training_step": 7})).save(path)
+    info = CliRunner().invoke(main, ["weights", "info", str(path)])
+    assert info.exit_code == 0, info.output
+    fields = dict(re.findall(r"^([a-z ]+):\s+(.+)$", info.output, flags=re.M))
+    assert fields["layout"] == "dro-sfm model file" and fields["name"] == "mine"
+    assert fields["solver"] == f"deq (anderson, tol {cfg.deq.tol:g}, budget {cfg.deq.max_steps})"
+    assert fields["image shape"] == "96 x 128 (H x W)"
+    assert (fields["trained"], fields["training step"]) == ("no (random weights)", "7")
+    total = sum(p.numel() for p in DroNet(cfg).parameters())
+    assert re.search(rf"^\s+total\s+{total:,}$", info.output, flags=re.M)
+    shipped = CliRunner().invoke(main, ["weights", "info", "default"])
+    assert shipped.exit_code == 0, shipped.output
+    assert "3 x 4 unrolled steps" in shipped.output
 
 
 def test_cli_reports_errors_without_traceback(tmp_path, monkeypatch):
