@@ -355,17 +355,17 @@ def weights_download(name: str, force: bool) -> None:
 def weights_info(checkpoint: str, net_version: str | None, min_depth: float | None,
                  max_depth: float | None) -> None:
     """Load CHECKPOINT (a file or a cached name) without running code from it and describe it."""
-    from dro_sfm.models.checkpoint import load_official_checkpoint, read_checkpoint_file
+    from dro_sfm.models.checkpoint import official_model_from_payload, read_checkpoint_file
     from dro_sfm.models.predict import OWN_FORMAT, DroModel
     from dro_sfm.models.weights import resolve_weights
 
     path = resolve_weights(checkpoint, download=False)
-    payload = read_checkpoint_file(path)
+    payload = read_checkpoint_file(path)  # read once: the format decides which loader describes it
     if isinstance(payload, dict) and payload.get("format") == OWN_FORMAT:
-        _describe_own_model(DroModel.load(path))
+        _describe_own_model(DroModel.from_own_payload(payload, path))
         return
-    model, info = load_official_checkpoint(
-        path, version=net_version, min_depth=min_depth, max_depth=max_depth
+    model, info = official_model_from_payload(
+        payload, path, version=net_version, min_depth=min_depth, max_depth=max_depth
     )
     shape = f"{info.image_shape[0]} x {info.image_shape[1]} (H x W)" if info.image_shape else "not stored"
     for label, value in (
@@ -383,9 +383,8 @@ def weights_info(checkpoint: str, net_version: str | None, min_depth: float | No
 def _describe_own_model(model) -> None:
     """What ``weights info`` prints for a dro-sfm model file (shipped or exported from a training run)."""
     cfg, info = model.net.config, model.info
-    solver = cfg.solver if cfg.solver == "unrolled" else (
-        f"deq ({cfg.deq.forward_solver}, tol {cfg.deq.tol:g}, budget {cfg.deq.max_steps})")
-    schedule = f"{cfg.stages} x {cfg.steps_per_stage} unrolled steps" if cfg.solver == "unrolled" else solver
+    schedule = (f"{cfg.stages} x {cfg.steps_per_stage} unrolled steps" if cfg.solver == "unrolled" else
+                f"deq ({cfg.deq.forward_solver}, tol {cfg.deq.tol:g}, budget {cfg.deq.max_steps})")
     for label, value in (
         ("file", info.source), ("layout", "dro-sfm model file"), ("name", info.name),
         ("widths", f"hidden {cfg.hidden_dim}, context {cfg.context_dim}, features {cfg.feature_dim}"),

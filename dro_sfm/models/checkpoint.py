@@ -226,10 +226,24 @@ def load_official_checkpoint(
     The network hyper-parameters come from the stored config; keyword arguments override them and are
     required for a bare state-dict file, which has no config.
     """
+    return official_model_from_payload(read_checkpoint_file(path), path, version=version, min_depth=min_depth,
+                                       max_depth=max_depth, image_shape=image_shape)
+
+
+def official_model_from_payload(
+    payload: Any,
+    path: str | Path,
+    *,
+    version: str | None = None,
+    min_depth: float | None = None,
+    max_depth: float | None = None,
+    image_shape: tuple[int, int] | None = None,
+) -> tuple[nn.Module, OfficialCheckpointInfo]:
+    """``load_official_checkpoint`` for a file already read by ``read_checkpoint_file`` (``path`` names it)."""
     from dro_sfm.models.official import build_official_model
 
     path = Path(path)
-    layout, state_dict, config, epoch = _split_checkpoint(read_checkpoint_file(path), path)
+    layout, state_dict, config, epoch = _split_checkpoint(payload, path)
 
     def pick(given: Any, keys: tuple[str, ...]) -> Any:
         if given is not None:

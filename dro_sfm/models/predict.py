@@ -194,7 +194,7 @@ class DroModel:
 
         payload = read_checkpoint_file(path)
         if isinstance(payload, dict) and payload.get("format") == OWN_FORMAT:
-            return cls._from_own_payload(payload, path)
+            return cls.from_own_payload(payload, path)
         net, info = load_official_checkpoint(path)
         return cls(net, ModelInfo(
             name=path.stem, image_shape=tuple(info.image_shape), trained=True, source=str(path),
@@ -202,7 +202,8 @@ class DroModel:
         ))
 
     @classmethod
-    def _from_own_payload(cls, payload: dict, path: Path) -> DroModel:
+    def from_own_payload(cls, payload: dict, path: Path) -> DroModel:
+        """A model from a dro-sfm model file already read by ``read_checkpoint_file`` (``path`` names it)."""
         try:
             cfg_dict = dict(payload["config"])
             cfg_dict["encoder"] = EncoderWidths(**cfg_dict["encoder"])
