@@ -145,11 +145,18 @@ def run_subprocess(spec: dict) -> dict:
 
 
 def _deq_settings(dcfg, args: argparse.Namespace) -> list:
-    """The model's DeqConfig with each (budget, tolerance) of the command line, budgets outermost."""
+    """The model's DeqConfig with each (budget, tolerance, depth anchor) of the command line, budgets outermost."""
     import dataclasses
 
-    return [dataclasses.replace(dcfg, tol=tol, max_steps=budget)
-            for budget in args.deq_max_steps for tol in args.deq_tols]
+    anchors = args.deq_depth_anchors if args.deq_depth_anchors is not None else [dcfg.depth_anchor]
+    return [dataclasses.replace(dcfg, tol=tol, max_steps=budget, depth_anchor=anchor)
+            for budget in args.deq_max_steps for tol in args.deq_tols for anchor in anchors]
+
+
+def _deq_label(deq) -> str:
+    """'tol 0.01, budget 12' (and the depth anchor when it is set)."""
+    anchor = f", anchor {deq.depth_anchor:g}" if deq.depth_anchor > 0 else ""
+    return f"tol {deq.tol:g}, budget {deq.max_steps}{anchor}"
 
 
 class _WindowPoseErrors:
@@ -200,7 +207,7 @@ def video_runs(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     if args.deq_weights and args.unrolled_deq_weights:
         settings.append((f"unrolled {cfg.stages}x{cfg.steps_per_stage}{tag}", deq_model, {}))
     for deq in _deq_settings(dcfg, args):
-        name = f"tol {deq.tol:g}, budget {deq.max_steps}{tag}"
+        name = f"{_deq_label(deq)}{tag}"
         settings.append((f"DEQ warm, {name}", deq_model, {"solver": "deq", "deq": deq, "warm_start": True}))
         if args.warm_poses:
             settings.append((f"DEQ warm with poses, {name}", deq_model,
@@ -376,7 +383,7 @@ def solver_stats_runs(args: argparse.Namespace) -> tuple[dict, list[dict], dict[
     unrolled = f"unrolled {cfg.stages}x{cfg.steps_per_stage}"
     settings = [(unrolled, model, None)]
     for deq in _deq_settings(dcfg, args):
-        settings.append((f"DEQ cold, tol {deq.tol:g}, budget {deq.max_steps}", deq_model, deq))
+        settings.append((f"DEQ cold, {_deq_label(deq)}", deq_model, deq))
     rows: list[dict] = []
     traces: dict[str, list[float]] = {}
     with torch.no_grad():
@@ -524,6 +531,8 @@ def main() -> None:
     video.add_argument("--weights", default="default")
     video.add_argument("--deq-tols", type=float, nargs="+", default=list(VIDEO_DEQ_TOLS))
     video.add_argument("--deq-max-steps", type=int, nargs="+", default=[24], help="DEQ step budgets to run")
+    video.add_argument("--deq-depth-anchors", type=float, nargs="+",
+                       help="DEQ depth anchor weights to run (deq.depth_anchor; default: the DEQ model's own)")
     video.add_argument("--deq-weights", help="weights of the DEQ rows (default: --weights), e.g. default-deq")
     video.add_argument("--no-cold", action="store_true", help="skip the cold-start DEQ rows")
     video.add_argument("--unrolled-deq-weights", action="store_true",

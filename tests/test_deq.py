@@ -120,6 +120,8 @@ def test_deq_config_validation_and_round_trip() -> None:
         DeqConfig(max_steps=4, n_states=5)
     with pytest.raises(ConfigError, match="deq settings"):
         tiny_config(deq={"bogus": 1})
+    with pytest.raises(ConfigError, match="depth_anchor"):
+        DeqConfig(depth_anchor=1.0)
 
 
 def test_synthetic_deq_training_config_builds_a_deq_model() -> None:
@@ -544,6 +546,54 @@ def test_fixed_point_term_weight_needs_a_deq_model_and_lowers_its_term(tmp_path,
     values = np.array([t[f"deq_{term}"] for t in steps])
     assert np.isfinite(values).all()
     assert np.median(values[-4:]) < 0.5 * values[0], values
+
+
+# ------------------------------------------------------------------------------------------- depth anchor
+def test_depth_anchor_subtracts_its_pull_and_damps_the_depth_block_of_the_jacobian() -> None:
+    torch.manual_seed(3)
+    net = use_deq(DroNet(tiny_config()).to(torch.float64).eval(), forward_solver="anderson", max_steps=4,
+                  depth_anchor=0.3)
+    target, refs, K = inputs(batch=1, dtype=torch.float64)
+    with torch.no_grad():
+        out = net.forward_full(target, refs, K)
+    func = out.extras["deq_map"]
+    update = func.update
+    with torch.no_grad():
+        d_head = net.depth_head(net._run_encoder(net.fnet, [target]), act=torch.sigmoid)
+    torch.testing.assert_close(update.anchor_depth, d_head)
+    g = torch.Generator().manual_seed(1)
+    state = out.state
+    z = [state.inv_depth + 0.05 * torch.randn(state.inv_depth.shape, generator=g, dtype=torch.float64),
+         state.poses, state.h_depth, state.h_pose]
+    z = [t.detach().requires_grad_(True) for t in z]
+    anchored = update(*z)
+    update.anchor = 0.0
+    plain = update(*z)
+    torch.testing.assert_close(anchored[0], plain[0] - 0.3 * (z[0] - d_head))
+    for a, b in zip(anchored[1:], plain[1:]):
+        torch.testing.assert_close(a, b)
+    # vector-Jacobian products with a direction in the depth block: J_anchored^T v = J_plain^T v - 0.3 v there,
+    # so a direction the plain update passes through unchanged (eigenvalue 1) is scaled by 0.7
+    v = torch.randn(z[0].shape, generator=g, dtype=torch.float64)
+    (grad_anchored,) = torch.autograd.grad(anchored[0], z[0], v)
+    (grad_plain,) = torch.autograd.grad(plain[0], z[0], v)
+    torch.testing.assert_close(grad_anchored, grad_plain - 0.3 * v)
+
+
+def test_depth_anchor_fixed_point_does_not_depend_on_the_warm_start() -> None:
+    net = use_deq(contractive_net().eval(), forward_solver="anderson", tol=1e-7, max_steps=80, depth_anchor=0.2)
+    target, refs, K = inputs(dtype=torch.float64)
+    with torch.no_grad():
+        cold = net.forward_full(target, refs, K)
+        plain = deq_forward(net, target, refs, K, deq_config=dataclasses.replace(net.config.deq, depth_anchor=0.0))
+        start = dataclasses.replace(cold.state, inv_depth=cold.state.inv_depth * 1.3)
+        warm = net.forward_full(target, refs, K, init=start)
+    assert cold.extras["deq"].converged and warm.extras["deq"].converged and plain.extras["deq"].converged
+    # the anchor is the depth head's prediction from the images, not the warm start's depth
+    torch.testing.assert_close(warm.extras["deq_map"].update.anchor_depth, cold.extras["deq_map"].update.anchor_depth)
+    torch.testing.assert_close(warm.inv_depths[-1], cold.inv_depths[-1], atol=1e-5, rtol=1e-5)
+    # and it moves the fixed point: the anchored one balances the update's push against the pull
+    assert float((cold.inv_depths[-1] - plain.inv_depths[-1]).abs().max()) > 1e-4
 
 
 # ------------------------------------------------------------------------------------------- warm starts

@@ -43,6 +43,11 @@ class DeqConfig:
     backward_max_steps: int = 24
     backward_tol: float = 1e-6
     coupling: Literal["jacobi", "gauss_seidel"] = "jacobi"
+    # Per evaluation of f, pull the inverse depth towards the initial depth head's prediction by this fraction:
+    # f_d(z) = d + head(h) - depth_anchor * (d - d_head). 0 = the plain update. Where the cost gives the GRU
+    # no feedback, the plain update passes a change of d through unchanged (an eigenvalue 1 of df/dz); the
+    # anchor makes it 1 - depth_anchor there (docs/deq.md, section 4).
+    depth_anchor: float = 0.0
     # Training only: evaluate f once more at the last supervised state and return the fixed-point residual
     # ||f(z) - z|| (extras["deq_residual"]) for a loss; set by the trainer when loss.deq_residual_weight > 0.
     train_residual: bool = False
@@ -70,6 +75,8 @@ class DeqConfig:
             raise ConfigError(f"deq.n_states must be in 1..max_steps ({self.max_steps}), got {self.n_states}")
         if self.phantom_steps < 1 or self.backward_max_steps < 1:
             raise ConfigError("deq.phantom_steps and deq.backward_max_steps must be >= 1")
+        if not 0 <= self.depth_anchor < 1:
+            raise ConfigError(f"deq.depth_anchor must be in [0, 1), got {self.depth_anchor}")
         if self.tol < 0 or self.backward_tol < 0 or not 0 < self.phantom_tau <= 1:
             raise ConfigError("deq.tol and deq.backward_tol must be >= 0 and deq.phantom_tau in (0, 1]")
 

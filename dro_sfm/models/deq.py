@@ -115,8 +115,13 @@ class UpdateMap:
     """
 
     def __init__(self, net: DroNet, cost: FeatureCost, context_depth: torch.Tensor, context_pose: torch.Tensor,
-                 coupling: str = "jacobi") -> None:
+                 coupling: str = "jacobi", anchor_depth: torch.Tensor | None = None, anchor: float = 0.0) -> None:
         self.net, self.cost, self.c_d, self.c_p, self.coupling = net, cost, context_depth, context_pose, coupling
+        # The anchor (the initial depth head's raw inverse depth [B,1,h,w]) is part of the input injection x:
+        # it depends on the images only, never on where the solver starts.
+        self.anchor_depth, self.anchor = anchor_depth, anchor
+        if anchor > 0 and anchor_depth is None:
+            raise ValueError("a depth anchor weight needs the anchor depth")
 
     def __call__(
         self, d: torch.Tensor, p: torch.Tensor, h_d: torch.Tensor, h_p: torch.Tensor
@@ -129,6 +134,8 @@ class UpdateMap:
         per_ref = [cost.single_T(i, mats[:, i], X) for i in range(N)]
         c_depth = torch.stack(per_ref, 1).mean(1)
         h_d_new, d_new = net.update_block_depth.step(h_d, self.c_d, d, c_depth)
+        if self.anchor > 0:
+            d_new = d_new - self.anchor * (d - self.anchor_depth)
         if self.coupling == "gauss_seidel":
             X = cost.points(inv2depth(net.normalize(d_new)))
             per_ref = [cost.single_T(i, mats[:, i], X) for i in range(N)]
@@ -288,8 +295,12 @@ def deq_forward(
     # The fixed point does not depend on where the solver starts, so no gradient flows into z0.
     z0 = [t.detach() for t in (d0, p0, h_d0, h_p0)]
 
+    anchor_depth = None
+    if dcfg.depth_anchor > 0:
+        anchor_depth = d0 if init is None or init.inv_depth is None else net.depth_head(fmap_tgt, act=torch.sigmoid)
     codec = _StateCodec(z0)
-    func = _SolverFunction(UpdateMap(net, cost, c_d, c_p, dcfg.coupling), codec, cfg.recompute_activations)
+    update = UpdateMap(net, cost, c_d, c_p, dcfg.coupling, anchor_depth, dcfg.depth_anchor)
+    func = _SolverFunction(update, codec, cfg.recompute_activations)
     solver = dcfg.forward_solver
     if solver == "anderson" and budget < 3:
         # Anderson evaluates f twice before it can mix and would return z0 unchanged with fewer steps.
