@@ -242,6 +242,7 @@ def video_runs(args: argparse.Namespace) -> tuple[dict, list[dict]]:
                     "depth_abs_rel": m.get("depth_abs_rel"),
                     "depth_abs_rel_median_scaled": m.get("depth_abs_rel_median_scaled"),
                     "ate_rmse_m": m.get("ate_rmse_m"), "ate_percent_of_path": m.get("ate_percent_of_path"),
+                    "ate_percent_before_refine": m.get("ate_percent_of_path_before_refine"),
                     "window_rot_deg": float(err[:, 0].mean()), "window_tdir_deg": float(np.nanmean(err[:, 1])),
                     "window_tlen_err_m": float(err[:, 2].mean()),
                     "steps_mean": s.get("steps_mean"), "steps_max": s.get("steps_max"), "budget": s.get("budget"),
@@ -266,7 +267,12 @@ def video_runs(args: argparse.Namespace) -> tuple[dict, list[dict]]:
 
 
 MEAN_KEYS = ("fps_end_to_end", "fps_model", "depth_abs_rel", "depth_abs_rel_median_scaled", "ate_rmse_m",
-             "ate_percent_of_path", "window_rot_deg", "window_tdir_deg", "window_tlen_err_m", "steps_mean")
+             "ate_percent_of_path", "ate_percent_before_refine", "window_rot_deg", "window_tdir_deg",
+             "window_tlen_err_m", "steps_mean")
+# Per-sequence figures compared in pairs (each DEQ or tagged row minus the first unrolled row of its sequence).
+PAIRED_KEYS = (("depth_abs_rel", "depth AbsRel"), ("depth_abs_rel_median_scaled", "AbsRel median-scaled"),
+               ("ate_percent_of_path", "ATE % of path"), ("ate_percent_before_refine", "ATE % before refinement"),
+               ("window_rot_deg", "window rotation °"))
 
 
 def mean_rows(rows: list[dict]) -> list[dict]:
@@ -279,12 +285,48 @@ def mean_rows(rows: list[dict]) -> list[dict]:
         row = {"seed": "mean", "setting": label, "frames": sum(r["frames"] for r in group),
                "steps_max": max(r["steps_max"] for r in group), "budget": group[0]["budget"]}
         for key in MEAN_KEYS:
-            values = [r[key] for r in group if r[key] is not None]
+            values = [r[key] for r in group if r.get(key) is not None]
             row[key] = float(np.mean(values)) if values else None
         for key in ("non_converged", "warm_started"):
             row[key] = None if group[0][key] is None else sum(r[key] for r in group)
         out.append(row)
     return out
+
+
+def paired_rows(rows: list[dict]) -> list[dict]:
+    """Each setting against the first (unrolled) setting, sequence by sequence: for every figure of
+    PAIRED_KEYS the mean difference, its standard error and how many sequences the setting is better on."""
+    import numpy as np
+
+    labels = list(dict.fromkeys(r["setting"] for r in rows))
+    base = {r["seed"]: r for r in rows if r["setting"] == labels[0]}
+    out = []
+    for label in labels[1:]:
+        row: dict = {"setting": label, "baseline": labels[0]}
+        for key, _ in PAIRED_KEYS:
+            diffs = np.array([r[key] - base[r["seed"]][key] for r in rows
+                              if r["setting"] == label and r.get(key) is not None
+                              and base.get(r["seed"], {}).get(key) is not None])
+            if len(diffs) < 2:
+                row[key] = None
+                continue
+            row[key] = {"mean": float(diffs.mean()), "sem": float(diffs.std(ddof=1) / np.sqrt(len(diffs))),
+                        "better": int((diffs < 0).sum()), "n": len(diffs)}
+        out.append(row)
+    return out
+
+
+def paired_table(rows: list[dict]) -> str:
+    """Markdown: mean difference ± standard error (sequences where the setting is better / all)."""
+    lines = ["| setting | " + " | ".join(name for _, name in PAIRED_KEYS) + " |",
+             "|---|" + "---:|" * len(PAIRED_KEYS)]
+    for r in paired_rows(rows):
+        cells = []
+        for key, _ in PAIRED_KEYS:
+            d = r[key]
+            cells.append("n/a" if d is None else f"{d['mean']:+.4f} ± {d['sem']:.4f} ({d['better']}/{d['n']})")
+        lines.append(f"| {r['setting']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _path_length(frames: list) -> float:
@@ -302,15 +344,16 @@ def _fmt(value: float | None, spec: str) -> str:
 def video_table(setup: dict, rows: list[dict]) -> str:
     """Markdown table of the video runs."""
     lines = ["| sequence | setting | frames/s end to end | frames/s model | depth AbsRel | AbsRel median-scaled | "
-             "ATE % of path | window rotation ° | window t-direction ° | window \\|t\\| error cm | "
-             "steps/frame mean | max | not converged | warm-started |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "ATE % of path | ATE % before refinement | window rotation ° | window t-direction ° | "
+             "window \\|t\\| error cm | steps/frame mean | max | not converged | warm-started |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         deq = r["non_converged"] is not None
         n = r["frames"]
         cells = [str(r["seed"]), r["setting"], f"{r['fps_end_to_end']:.2f}", f"{r['fps_model']:.2f}",
                  _fmt(r["depth_abs_rel"], ".3f"), _fmt(r["depth_abs_rel_median_scaled"], ".3f"),
-                 _fmt(r["ate_percent_of_path"], ".2f"), _fmt(r["window_rot_deg"], ".2f"),
+                 _fmt(r["ate_percent_of_path"], ".2f"), _fmt(r.get("ate_percent_before_refine"), ".2f"),
+                 _fmt(r["window_rot_deg"], ".2f"),
                  _fmt(r["window_tdir_deg"], ".1f"), _fmt(100.0 * r["window_tlen_err_m"], ".2f"),
                  f"{r['steps_mean']:.2f}", str(r["steps_max"]), f"{r['non_converged']}/{n}" if deq else "-",
                  f"{r['warm_started']}/{n}" if deq else "-"]
@@ -327,7 +370,10 @@ def video_report(setup: dict, rows: list[dict], command: str) -> str:
     tables = []
     if len(setup["seeds"]) > 1:
         tables += [f"Mean over the {len(setup['seeds'])} sequences (counts summed over their frames):", "",
-                   video_table(setup, mean_rows(rows)), "", "Each sequence:", ""]
+                   video_table(setup, mean_rows(rows)), "",
+                   f"Paired over the sequences, each setting minus `{rows[0]['setting']}` on the same sequence: "
+                   "mean ± standard error (sequences where the setting is better / sequences); negative is better:",
+                   "", paired_table(rows), "", "Each sequence:", ""]
     tables += [video_table(setup, rows), ""]
     return "\n".join([
         "# DEQ vs unrolled on a synthetic video",
@@ -355,7 +401,9 @@ def video_report(setup: dict, rows: list[dict], command: str) -> str:
         "frames/s end to end: keyframes / wall time of `reconstruct` (reading, encoding, solving, confidence, "
         "writing, pose graph with photometric refinement; no fusion). frames/s model: keyframes / (encode + "
         "solve time), warm-start re-projection included.",
-        "* ATE: Sim(3)-aligned RMSE of the final trajectory (`dro_sfm.eval.trajectory`, evo), in % of the path. "
+        "* ATE: Sim(3)-aligned RMSE of the final trajectory (`dro_sfm.eval.trajectory`, evo), in % of the path; "
+        "before refinement: the same for the network's pose graph before the photometric refinement fuses in "
+        "RGB-D odometry on the predicted depth (the network's own trajectory). "
         "Window errors: each window's network estimate `T_ref_from_tgt` against the rendered relative pose, "
         "mean over all windows and references (rotation angle, translation direction angle, |t| difference); "
         "they skip the pose graph, whose refinement accepts or rejects pair alignments and so moves one "
@@ -501,7 +549,8 @@ def video_main(args: argparse.Namespace) -> None:
         atomic_write_text(args.out, report)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"setup": setup, "rows": rows, "mean": mean_rows(rows)}, fh, indent=1, default=str)
+            json.dump({"setup": setup, "rows": rows, "mean": mean_rows(rows), "paired": paired_rows(rows)}, fh,
+                      indent=1, default=str)
 
 
 def main() -> None:

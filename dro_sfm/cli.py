@@ -167,6 +167,9 @@ def reconstruct_command(input_path: str | None, out_dir: str, sample: bool, weig
         click.echo(f"vs ground truth: ATE {m['ate_rmse_m']:.4f} m after Sim(3) ({m['ate_percent_of_path']:.1f} % of "
                    f"the {m['path_length_m']:.2f} m path), depth AbsRel {m['depth_abs_rel']:.3f} "
                    f"(median-scaled {m['depth_abs_rel_median_scaled']:.3f})")
+        if "ate_percent_of_path_before_refine" in m:
+            click.echo(f"  the network's pose graph before photometric refinement: ATE "
+                       f"{m['ate_rmse_m_before_refine']:.4f} m ({m['ate_percent_of_path_before_refine']:.1f} %)")
     s = result.solver
     if s.get("mode") == "deq":
         click.echo(f"DEQ solver: {s['steps_mean']:.1f} steps per frame on average (max {s['steps_max']} of "

@@ -67,6 +67,10 @@ def test_refinement_repairs_consistently_wrong_network_poses(indoor, tmp_path: P
                           progress=False)
     assert plain.metrics["ate_percent_of_path"] > 5.0  # the perturbation matters
     assert refined.metrics["ate_percent_of_path"] < 0.3 * plain.metrics["ate_percent_of_path"]
+    # the refined run also reports the network's own trajectory, which is the plain run's
+    assert refined.metrics["ate_percent_of_path_before_refine"] == pytest.approx(
+        plain.metrics["ate_percent_of_path"], rel=1e-9)
+    assert "ate_percent_of_path_before_refine" not in plain.metrics
     photometric = json.loads((tmp_path / "refined" / "run.json").read_text())["results"]["trajectory"]["photometric"]
     assert photometric["applied"] and photometric["pairs_kept"] >= 20
     # The network's measured noise reflects its real error (1.5°), not its windows' mutual agreement (exact).

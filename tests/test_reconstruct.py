@@ -265,6 +265,19 @@ def test_cli_sample_reports_where_the_outputs_are(tmp_path: Path) -> None:
     assert f"dro-sfm view {out}" in result.output and (out / "cameras.json").is_file()
 
 
+def test_cli_reports_the_network_trajectory_before_refinement(tmp_path: Path) -> None:
+    """With the photometric refinement applied, the summary also gives the network's own trajectory error."""
+    out = tmp_path / "sample"
+    result = _invoke("sample", "--out", str(out), "--max-frames", "16", "--fusion", "none", "--threads", "1",
+                     "--quiet")
+    assert result.exit_code == 0, result.output
+    ground_truth = json.loads((out / "run.json").read_text())["results"]["ground_truth"]
+    refined, before = ground_truth["ate_percent_of_path"], ground_truth["ate_percent_of_path_before_refine"]
+    assert f"before photometric refinement: ATE {ground_truth['ate_rmse_m_before_refine']:.4f} m ({before:.1f} %)" \
+        in result.output
+    assert refined != before
+
+
 # --- bad input: one line, no traceback, exit 1, nothing written -----------------------------------------------
 
 

@@ -982,6 +982,7 @@ def _run(src: InputSource, out: _OutputDir, options: ReconstructOptions, predict
         else:
             poses = engine.trajectory.chained_poses(n_frames)
     refinement: dict | None = None
+    graph_poses = poses
     if refiner is not None:
         with record.stage("pose_refine"):
             poses, noise = refiner.fuse(poses, [e for e in engine.trajectory.edges() if e.b < n_frames])
@@ -993,6 +994,11 @@ def _run(src: InputSource, out: _OutputDir, options: ReconstructOptions, predict
                              targets=fusion_targets(options.fusion))
     record.add_timings({f"export_{k}": v for k, v in report.timings.items() if k != "write_frames"})
     metrics = _ground_truth_metrics(engine, poses)
+    if poses is not graph_poses:
+        # The network's own trajectory too: the refinement's accept/reject decisions can move the final ATE by
+        # more than the network's pose estimates differ between two models (docs/deq.md section 6).
+        unrefined = _trajectory_error(engine, graph_poses)
+        metrics.update({f"{k}_before_refine": v for k, v in unrefined.items() if k.startswith("ate_")})
     solver = solver_summary(engine.solver_records)
     if solver.get("non_converged"):
         logger.warning("DEQ: %d of %d frames did not converge to tol %g within %d steps (frames %s)",
@@ -1075,13 +1081,20 @@ def _cost_array(step_costs: list[np.ndarray]) -> np.ndarray | None:
 
 def _ground_truth_metrics(engine: SequenceEngine, poses: np.ndarray) -> dict[str, float]:
     """ATE (Sim(3)-aligned, evo) and depth AbsRel when the frames carry ground truth; {} otherwise."""
-    from dro_sfm.eval.trajectory import absolute_trajectory_error, path_length
-
     out: dict[str, float] = {}
     if engine.depth_metrics:
         out["depth_abs_rel"] = float(np.mean([m.abs_rel for m in engine.depth_metrics]))
         out["depth_abs_rel_median_scaled"] = float(np.mean([m.abs_rel_median_scaled for m in engine.depth_metrics]))
         out["depth_frames"] = len(engine.depth_metrics)
+    out.update(_trajectory_error(engine, poses))
+    return out
+
+
+def _trajectory_error(engine: SequenceEngine, poses: np.ndarray) -> dict[str, float]:
+    """ATE of camera-to-world ``poses`` [N,4,4] against the frames' ground truth (Sim(3)-aligned, evo); {} without."""
+    from dro_sfm.eval.trajectory import absolute_trajectory_error, path_length
+
+    out: dict[str, float] = {}
     gt = engine.gt_poses
     if len(gt) == len(poses) and len(gt) >= 3 and all(g is not None for g in gt):
         T_gt = np.stack(gt)  # type: ignore[arg-type]
