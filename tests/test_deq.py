@@ -778,12 +778,11 @@ def test_sequence_warm_start_hands_each_window_its_predecessor() -> None:
 
 
 # ------------------------------------------------------------------------------------------- shipped DEQ model
-def test_shipped_deq_model_converges_on_held_out_indoor_samples(record_property) -> None:
-    """The DEQ-trained variant (``default-deq``) solves held-out synthetic rooms (model-card samples, reserved
-    seeds) to its own tolerance within its budget; at that point it agrees with the unrolled schedule of the
-    same weights. About half of the outdoor solves stop just short of the tolerance within the 12-step budget
-    (issue #7): their residual is reported and held within 2.5x the tolerance (round 9 leaves at most 0.016 on
-    16 held-out street samples, round 6 0.018; round 5, trained without the Jacobian term, about 0.04)."""
+def test_shipped_deq_model_converges_on_held_out_samples(record_property) -> None:
+    """The DEQ-trained variant (``default-deq``) solves held-out synthetic rooms and streets (model-card samples,
+    reserved seeds) to its own tolerance within its budget; at that point it agrees with the unrolled schedule
+    of the same weights. Round 11 converges on 16/16 indoor and 15/16 outdoor held-out samples within 12 steps
+    (benchmarks/results/deq_solver_stats.md); the first four of each kind are checked here."""
     from dro_sfm.models.predict import load_model
     from dro_sfm.models.weights import DEFAULT_DEQ_WEIGHTS
     from dro_sfm.train.scorecard import prediction_errors, reserved_dataset
@@ -792,20 +791,15 @@ def test_shipped_deq_model_converges_on_held_out_indoor_samples(record_property)
     cfg = model.net.config
     assert cfg.solver == "deq" and model.info.trained
     unrolled = dataclasses.replace(cfg, solver="unrolled")
-    for kind, n in (("indoor", 4), ("outdoor", 2)):
+    for kind in ("indoor", "outdoor"):
         ds = reserved_dataset(kind, 240, 320)
-        for i in range(n):
+        for i in range(4):
             s = ds[i]
             args = (s["target"], list(s["refs"]), s["K"])
             with torch.no_grad():
                 pred = model.predict(*args)
             stats = pred.output.extras["deq"]
             record_property(f"deq_{kind}_{i}_residual", float(stats.residual.max()))
-            if kind == "outdoor":
-                assert float(stats.residual.max()) < 2.5 * cfg.deq.tol, stats.summary()
-                assert stats.converged == bool((stats.residual <= cfg.deq.tol).all()
-                                               and stats.hidden_excess <= HIDDEN_BOUND_SLACK)
-                continue
             assert stats.converged and float(stats.residual.max()) <= cfg.deq.tol, stats.summary()
             assert stats.steps <= cfg.deq.max_steps
             model.net.config = unrolled

@@ -93,8 +93,8 @@ REGISTRY[DEFAULT_WEIGHTS] = WeightsEntry(
     min_depth=0.2, max_depth=80.0, image_shape=(240, 320), ref_offsets=(-1, 1),  # trained at 128x160
     description="dro-sfm default: small preset trained on synthetic indoor + outdoor scenes (CPU)",
 )
-# Its DEQ variant: the default model fine-tuned in the deep-equilibrium mode (rounds 5, 6 and 9 of the DEQ configs,
-# configs/synthetic_small_deq_v9.yaml last), for `reconstruct --solver deq` (docs/deq.md section 7).
+# Its DEQ variant: the default model fine-tuned in the deep-equilibrium mode (rounds 5, 6, 9 and 11 of the DEQ
+# configs, configs/synthetic_small_deq_v11.yaml last), for `reconstruct --solver deq` (docs/deq.md section 7).
 DEFAULT_DEQ_WEIGHTS = "default-deq"
 REGISTRY[DEFAULT_DEQ_WEIGHTS] = WeightsEntry(
     name=DEFAULT_DEQ_WEIGHTS, source="package", filename="default_small_deq.pt", version="dro-sfm small preset, DEQ",
