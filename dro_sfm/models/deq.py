@@ -297,7 +297,7 @@ def deq_forward(
 
     anchor_depth = None
     if dcfg.depth_anchor > 0:
-        anchor_depth = d0 if init is None or init.inv_depth is None else net.depth_head(fmap_tgt, act=torch.sigmoid)
+        anchor_depth = d0 if init is None or init.inv_depth is None else net.initial_inv_depth(fmap_tgt)
     codec = _StateCodec(z0)
     update = UpdateMap(net, cost, c_d, c_p, dcfg.coupling, anchor_depth, dcfg.depth_anchor)
     func = _SolverFunction(update, codec, cfg.recompute_activations)

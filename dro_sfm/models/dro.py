@@ -161,9 +161,13 @@ class DroNet(nn.Module):
             p = torch.stack([self.pose_head(torch.cat([fmap_tgt, fr], dim=1)) for fr in fmaps_ref], dim=1)
             self._emit("pose_head_init", p.transpose(0, 1))
         if d is None:
-            d = self.depth_head(fmap_tgt, act=torch.sigmoid)
+            d = self.initial_inv_depth(fmap_tgt)
             self._emit("depth_head", d)
         return d, p
+
+    def initial_inv_depth(self, fmap_tgt: torch.Tensor) -> torch.Tensor:
+        """The initial depth head's raw inverse depth [B,1,h,w] from the target's features [B,C,h,w]."""
+        return self.depth_head(fmap_tgt, act=torch.sigmoid)
 
     def _emit(self, name: str, value: torch.Tensor) -> None:
         if self.trace is not None:

@@ -982,7 +982,7 @@ def _run(src: InputSource, out: _OutputDir, options: ReconstructOptions, predict
         else:
             poses = engine.trajectory.chained_poses(n_frames)
     refinement: dict | None = None
-    graph_poses = poses
+    graph_poses = poses  # the network's pose graph, kept for its own ATE when the refinement changes the poses
     if refiner is not None:
         with record.stage("pose_refine"):
             poses, noise = refiner.fuse(poses, [e for e in engine.trajectory.edges() if e.b < n_frames])
@@ -994,7 +994,7 @@ def _run(src: InputSource, out: _OutputDir, options: ReconstructOptions, predict
                              targets=fusion_targets(options.fusion))
     record.add_timings({f"export_{k}": v for k, v in report.timings.items() if k != "write_frames"})
     metrics = _ground_truth_metrics(engine, poses)
-    if poses is not graph_poses:
+    if refinement is not None and refinement["applied"]:
         # The network's own trajectory too: the refinement's accept/reject decisions can move the final ATE by
         # more than the network's pose estimates differ between two models (docs/deq.md section 6).
         unrefined = _trajectory_error(engine, graph_poses)
