@@ -149,14 +149,16 @@ def _deq_settings(dcfg, args: argparse.Namespace) -> list:
     import dataclasses
 
     anchors = args.deq_depth_anchors if args.deq_depth_anchors is not None else [dcfg.depth_anchor]
-    return [dataclasses.replace(dcfg, tol=tol, max_steps=budget, depth_anchor=anchor)
+    return [dataclasses.replace(dcfg, tol=tol, max_steps=budget, depth_anchor=anchor,
+                                verify_returned=args.deq_verify_returned or dcfg.verify_returned)
             for budget in args.deq_max_steps for tol in args.deq_tols for anchor in anchors]
 
 
 def _deq_label(deq) -> str:
     """'tol 0.01, budget 12' (and the depth anchor when it is set)."""
     anchor = f", anchor {deq.depth_anchor:g}" if deq.depth_anchor > 0 else ""
-    return f"tol {deq.tol:g}, budget {deq.max_steps}{anchor}"
+    verified = ", returned state verified" if deq.verify_returned else ""
+    return f"tol {deq.tol:g}, budget {deq.max_steps}{anchor}{verified}"
 
 
 class _WindowPoseErrors:
@@ -582,6 +584,9 @@ def main() -> None:
     video.add_argument("--deq-max-steps", type=int, nargs="+", default=[24], help="DEQ step budgets to run")
     video.add_argument("--deq-depth-anchors", type=float, nargs="+",
                        help="DEQ depth anchor weights to run (deq.depth_anchor; default: the DEQ model's own)")
+    video.add_argument("--deq-verify-returned", action="store_true",
+                       help="judge convergence on the returned state's own residual (deq.verify_returned; one more "
+                            "evaluation of f per solve, counted in the steps)")
     video.add_argument("--deq-weights", help="weights of the DEQ rows (default: --weights), e.g. default-deq")
     video.add_argument("--no-cold", action="store_true", help="skip the cold-start DEQ rows")
     video.add_argument("--unrolled-deq-weights", action="store_true",

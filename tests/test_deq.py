@@ -814,3 +814,49 @@ def test_shipped_deq_model_converges_on_held_out_samples(record_property) -> Non
             # the converged solve and the 12-step unrolled schedule land close to each other
             assert abs(deq_err["abs_rel_median_scaled"] - unr_err["abs_rel_median_scaled"]) < 0.05, (deq_err, unr_err)
             assert abs(deq_err["rot_deg"] - unr_err["rot_deg"]) < 1.0, (deq_err, unr_err)
+
+
+def test_verify_returned_measures_the_state_returned_and_judges_convergence_on_it() -> None:
+    """Plain iteration returns f(x) of its best iterate x; ``verify_returned`` measures f(x) itself."""
+    net = use_deq(contractive_net().eval(), forward_solver="fixed_point_iter", tol=1e-3, max_steps=40)
+    target, refs, K = inputs(dtype=torch.float64)
+    with torch.no_grad():
+        plain = net.forward_full(target, refs, K).extras["deq"]
+    use_deq(net, forward_solver="fixed_point_iter", tol=1e-3, max_steps=40, verify_returned=True)
+    with torch.no_grad():
+        out = net.forward_full(target, refs, K)
+    stats = out.extras["deq"]
+    assert plain.returned_residual is None and stats.steps == plain.steps + 1
+    # an independent evaluation of f at the returned state
+    z, func = out.state, out.extras["deq_map"]
+    enc = func.codec.encode([z.inv_depth, z.poses, z.h_depth, z.h_pose])
+    with torch.no_grad():
+        fz = func.update(*[t for t in (z.inv_depth, z.poses, z.h_depth, z.h_pose)])[:-1]
+    fz = func.codec.encode(fz)
+    expected = torch.stack([(a - b).flatten(1).pow(2).sum(1) for a, b in zip(fz, enc)], 1).sum(1).sqrt()
+    torch.testing.assert_close(stats.returned_residual, expected)
+    # a contraction: the returned f(x) is closer to the fixed point than x, so its residual is lower
+    assert bool((stats.returned_residual < stats.residual).all()) and stats.converged
+    assert "returned state's residual" in stats.summary()
+
+
+def test_verify_returned_never_calls_a_state_above_tol_converged() -> None:
+    """On random weights (no fixed point) the returned state's residual decides, whatever the iterate's was."""
+    caught = 0
+    for seed in range(3):
+        torch.manual_seed(seed)
+        net = DroNet(tiny_config()).eval()
+        target, refs, K = inputs(seed=seed)
+        use_deq(net, forward_solver="anderson", tol=1.0, max_steps=6)
+        with torch.no_grad():
+            probe = net.forward_full(target, refs, K).extras["deq"]
+        # a tolerance the iterate just meets
+        use_deq(net, forward_solver="anderson", tol=float(probe.residual.max()), max_steps=6, verify_returned=True)
+        with torch.no_grad():
+            stats = net.forward_full(target, refs, K).extras["deq"]
+        returned_ok = float(stats.returned_residual.max()) <= stats.tol
+        iterate_ok = float(stats.residual.max()) <= stats.tol
+        assert stats.converged == (returned_ok and iterate_ok and stats.hidden_excess <= HIDDEN_BOUND_SLACK)
+        caught += iterate_ok and not returned_ok
+    # the case the option exists for (seed 0): the iterate is within tol, the state returned is not
+    assert caught >= 1

@@ -48,6 +48,11 @@ class DeqConfig:
     # no feedback, the plain update passes a change of d through unchanged (an eigenvalue 1 of df/dz); the
     # anchor makes it 1 - depth_anchor there (docs/deq.md, section 4).
     depth_anchor: float = 0.0
+    # Inference: evaluate f once more at the returned state and judge convergence on that state's own
+    # residual. Anderson and plain iteration return f(x) of their lowest-residual iterate x and report
+    # ||f(x) - x||, which describes x, not the state returned (docs/deq.md, section 3). Costs one evaluation,
+    # counted in DeqStats.steps (which can then be max_steps + 1).
+    verify_returned: bool = False
     # Training only: evaluate f once more at the last supervised state and return the fixed-point residual
     # ||f(z) - z|| (extras["deq_residual"]) for a loss; set by the trainer when loss.deq_residual_weight > 0.
     train_residual: bool = False

@@ -42,8 +42,10 @@ class DeqStats:
 
     Residuals are of the joint state with every block scaled to unit weight (docs/deq.md): ``rel_trace`` and
     ``abs_trace`` [S,B] for each of the S evaluations of f by the forward solver (``steps`` = S);
-    ``residual`` [B] the ``stop_mode`` residual of the returned state (the lowest the solver saw, which
-    torchdeq returns rather than the last one) and ``best_step`` [B] the evaluation that produced it;
+    ``residual`` [B] the lowest ``stop_mode`` residual the solver saw, that of its iterate x (torchdeq keeps
+    it rather than the last one; Anderson and plain iteration return f(x), Broyden x itself) and
+    ``best_step`` [B] the evaluation that produced it; ``returned_residual`` [B] the residual of the state
+    actually returned, when ``deq.verify_returned`` measured it (convergence is then judged on it);
     ``block_residuals`` name -> [B] relative residual of each block at the best evaluation;
     ``supervised_steps``: solver steps whose states were returned for the loss (training only);
     ``backward``: residual/steps of the implicit-gradient solve, filled in when backward runs (``ift``);
@@ -65,6 +67,7 @@ class DeqStats:
     supervised_steps: list[int] = field(default_factory=list)
     backward: dict[str, float] = field(default_factory=dict)
     hidden_excess: float = 0.0
+    returned_residual: torch.Tensor | None = None
 
     def summary(self) -> str:
         """One line for logs."""
@@ -72,6 +75,8 @@ class DeqStats:
         worst = float(self.residual.max()) if self.residual.numel() else float("nan")
         text = (f"DEQ {self.solver}: {state}, {self.stop_mode} residual {worst:.3g} (tol {self.tol:g}) "
                 f"after {self.steps}/{self.max_steps} steps")
+        if self.returned_residual is not None:
+            text += f", returned state's residual {float(self.returned_residual.max()):.3g}"
         if self.hidden_excess > HIDDEN_BOUND_SLACK:
             # Within tol the state claims to be a fixed point, which |h| > 1 rules out; above tol it is just the
             # last iterate of a solve that ran out of steps, and Anderson's extrapolation can overshoot the box.
@@ -144,6 +149,11 @@ class UpdateMap:
         return d_new, p_new.view(B, N, 6), h_d_new, h_p_new.view(h_p.shape), c_depth
 
 
+def _block_squared_norm(z: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Per-sample squared norm of each scaled state block, [B,4]."""
+    return torch.stack([a.flatten(1).pow(2).sum(1) for a in z], 1)
+
+
 def _block_squared_change(fz: Sequence[torch.Tensor], z: Sequence[torch.Tensor]) -> torch.Tensor:
     """Per-sample squared change of each scaled state block, [B,4] (its row sum is the squared abs residual)."""
     return torch.stack([(a - b).flatten(1).pow(2).sum(1) for a, b in zip(fz, z)], 1)
@@ -178,8 +188,7 @@ class _SolverFunction:
 
     @torch.no_grad()
     def _record(self, z: Sequence[torch.Tensor], fz: Sequence[torch.Tensor], c_depth: torch.Tensor) -> None:
-        diff_sq = _block_squared_change(fz, z)
-        out_sq = torch.stack([a.flatten(1).pow(2).sum(1) for a in fz], 1)
+        diff_sq, out_sq = _block_squared_change(fz, z), _block_squared_norm(fz)
         abs_res = diff_sq.sum(1).sqrt()
         self.abs.append(abs_res)
         self.rel.append(abs_res / (out_sq.sum(1).sqrt() + 1e-9))
@@ -325,6 +334,11 @@ def deq_forward(
         extras.update(fixed_point_terms(func, z_out[-1], jacobian=dcfg.train_jacobian))
 
     stats = _solver_stats(func, info, dcfg, budget, solver)
+    if dcfg.verify_returned and not net.training:
+        stats.returned_residual = returned_state_residual(func, [d, p, h_d, h_p], dcfg.stop_mode)
+        stats.steps += 1
+        if float(stats.returned_residual.max()) > dcfg.tol:
+            stats.converged = False
     stats.hidden_excess = hidden_state_excess(h_d, h_p)
     if stats.hidden_excess > HIDDEN_BOUND_SLACK:
         # Every fixed point of f has |h| < 1 (the GRU output is a convex mix of tanh values): a small
@@ -415,6 +429,17 @@ def dominant_eigenvalue(func: _SolverFunction, state: DroState,
     value = torch.stack(log_growth[iters // 2:]).mean(0).exp()
     parts = v.detach().split([t[0].numel() for t in z], 1)
     return value.detach(), {name: part.pow(2).sum(1) for name, part in zip(BLOCKS, parts)}
+
+
+@torch.no_grad()
+def returned_state_residual(func: _SolverFunction, state: Sequence[torch.Tensor], stop_mode: str) -> torch.Tensor:
+    """The ``stop_mode`` residual [B] of ``state`` (d, p, h_d, h_p), from one more evaluation of f."""
+    z = func.codec.encode(state)
+    fz = func._apply(*z)[:-1]
+    abs_res = _block_squared_change(fz, z).sum(1).sqrt()
+    if stop_mode == "abs":
+        return abs_res
+    return abs_res / (_block_squared_norm(fz).sum(1).sqrt() + 1e-9)
 
 
 def _solver_stats(func: _SolverFunction, info: dict, d: DeqConfig, budget: int, solver: str) -> DeqStats:
