@@ -335,7 +335,7 @@ def deq_forward(
 
     stats = _solver_stats(func, info, dcfg, budget, solver)
     if dcfg.verify_returned and not net.training:
-        stats.returned_residual = returned_state_residual(func, [d, p, h_d, h_p], dcfg.stop_mode)
+        stats.returned_residual = returned_state_residual(func, [d, p, h_d, h_p], dcfg.stop_mode).float().cpu()
         stats.steps += 1
         if float(stats.returned_residual.max()) > dcfg.tol:
             stats.converged = False
