@@ -155,7 +155,7 @@ def _deq_settings(dcfg, args: argparse.Namespace) -> list:
 
 
 def _deq_label(deq) -> str:
-    """'tol 0.01, budget 12' (and the depth anchor when it is set)."""
+    """'tol 0.01, budget 12' (and the depth anchor and the returned-state check when they are set)."""
     anchor = f", anchor {deq.depth_anchor:g}" if deq.depth_anchor > 0 else ""
     verified = ", returned state verified" if deq.verify_returned else ""
     return f"tol {deq.tol:g}, budget {deq.max_steps}{anchor}{verified}"

@@ -829,10 +829,10 @@ def test_verify_returned_measures_the_state_returned_and_judges_convergence_on_i
     assert plain.returned_residual is None and stats.steps == plain.steps + 1
     # an independent evaluation of f at the returned state
     z, func = out.state, out.extras["deq_map"]
-    enc = func.codec.encode([z.inv_depth, z.poses, z.h_depth, z.h_pose])
+    blocks = [z.inv_depth, z.poses, z.h_depth, z.h_pose]
     with torch.no_grad():
-        fz = func.update(*[t for t in (z.inv_depth, z.poses, z.h_depth, z.h_pose)])[:-1]
-    fz = func.codec.encode(fz)
+        fz = func.codec.encode(func.update(*blocks)[:-1])
+    enc = func.codec.encode(blocks)
     expected = torch.stack([(a - b).flatten(1).pow(2).sum(1) for a, b in zip(fz, enc)], 1).sum(1).sqrt()
     torch.testing.assert_close(stats.returned_residual, expected.float())
     # a contraction: the returned f(x) is closer to the fixed point than x, so its residual is lower

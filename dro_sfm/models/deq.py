@@ -154,6 +154,12 @@ def _block_squared_norm(z: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.stack([a.flatten(1).pow(2).sum(1) for a in z], 1)
 
 
+def _abs_and_rel(diff_sq: torch.Tensor, out_sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``abs`` and ``rel`` residuals [B] from the per-block squared change and squared norm of f(z), [B,4]."""
+    abs_res = diff_sq.sum(1).sqrt()
+    return abs_res, abs_res / (out_sq.sum(1).sqrt() + 1e-9)
+
+
 def _block_squared_change(fz: Sequence[torch.Tensor], z: Sequence[torch.Tensor]) -> torch.Tensor:
     """Per-sample squared change of each scaled state block, [B,4] (its row sum is the squared abs residual)."""
     return torch.stack([(a - b).flatten(1).pow(2).sum(1) for a, b in zip(fz, z)], 1)
@@ -189,9 +195,9 @@ class _SolverFunction:
     @torch.no_grad()
     def _record(self, z: Sequence[torch.Tensor], fz: Sequence[torch.Tensor], c_depth: torch.Tensor) -> None:
         diff_sq, out_sq = _block_squared_change(fz, z), _block_squared_norm(fz)
-        abs_res = diff_sq.sum(1).sqrt()
+        abs_res, rel_res = _abs_and_rel(diff_sq, out_sq)
         self.abs.append(abs_res)
-        self.rel.append(abs_res / (out_sq.sum(1).sqrt() + 1e-9))
+        self.rel.append(rel_res)
         self.block_rel.append(diff_sq.sqrt() / (out_sq.sqrt() + 1e-9))
         self.costs.append(c_depth.mean())
 
@@ -436,10 +442,8 @@ def returned_state_residual(func: _SolverFunction, state: Sequence[torch.Tensor]
     """The ``stop_mode`` residual [B] of ``state`` (d, p, h_d, h_p), from one more evaluation of f."""
     z = func.codec.encode(state)
     fz = func._apply(*z)[:-1]
-    abs_res = _block_squared_change(fz, z).sum(1).sqrt()
-    if stop_mode == "abs":
-        return abs_res
-    return abs_res / (_block_squared_norm(fz).sum(1).sqrt() + 1e-9)
+    abs_res, rel_res = _abs_and_rel(_block_squared_change(fz, z), _block_squared_norm(fz))
+    return abs_res if stop_mode == "abs" else rel_res
 
 
 def _solver_stats(func: _SolverFunction, info: dict, d: DeqConfig, budget: int, solver: str) -> DeqStats:
