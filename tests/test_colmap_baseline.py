@@ -16,7 +16,9 @@ from dro_sfm.eval.pose_metrics import banet_pose_errors
 from dro_sfm.eval.trajectory import absolute_trajectory_error, path_length
 from dro_sfm.geometry.pose import invert_rigid
 
-OPTIONS = ColmapOptions(num_threads=2)
+# One thread: the mapper's thread scheduling varies from run to run, which the fixed RANSAC seed does not
+# remove; with two threads it once registered only 2 of the rendered sequence's 6 frames (session 16).
+OPTIONS = ColmapOptions(num_threads=1)
 
 
 @pytest.fixture(autouse=True, scope="module")
