@@ -31,6 +31,13 @@ Solver statistics (``--solver-stats``): cold solves of held-out synthetic sample
 residual after each evaluation of f.
 
     python benchmarks/bench_deq.py --solver-stats --deq-weights default-deq --deq-tols 1e-2 --deq-max-steps 12 24
+
+Pooled (``--pool``): the video runs of several ``--json`` files with the same settings and disjoint seeds, as
+one set of sequences (means and paired differences over all of them). Each pair stays within its own run,
+so runs with different thread counts can be pooled; their frame rates cannot be compared with each other.
+
+    python benchmarks/bench_deq.py --pool benchmarks/results/deq_video_24seq.json \
+        benchmarks/results/deq_video_seeds24_47.json --out benchmarks/results/deq_video_48seq.md
 """
 
 from __future__ import annotations
@@ -150,15 +157,16 @@ def _deq_settings(dcfg, args: argparse.Namespace) -> list:
 
     anchors = args.deq_depth_anchors if args.deq_depth_anchors is not None else [dcfg.depth_anchor]
     return [dataclasses.replace(dcfg, tol=tol, max_steps=budget, depth_anchor=anchor,
-                                verify_returned=args.deq_verify_returned or dcfg.verify_returned)
+                                verify_returned=dcfg.verify_returned and not args.deq_iterate_judged,
+                                project_hidden=dcfg.project_hidden and not args.deq_iterate_judged)
             for budget in args.deq_max_steps for tol in args.deq_tols for anchor in anchors]
 
 
 def _deq_label(deq) -> str:
-    """'tol 0.01, budget 12' (and the depth anchor and the returned-state check when they are set)."""
+    """'tol 0.01, budget 12' (and the depth anchor when set, and when the returned state is not checked)."""
     anchor = f", anchor {deq.depth_anchor:g}" if deq.depth_anchor > 0 else ""
-    verified = ", returned state verified" if deq.verify_returned else ""
-    return f"tol {deq.tol:g}, budget {deq.max_steps}{anchor}{verified}"
+    unchecked = ", iterate judged" if not deq.verify_returned else ""
+    return f"tol {deq.tol:g}, budget {deq.max_steps}{anchor}{unchecked}"
 
 
 class _WindowPoseErrors:
@@ -451,8 +459,10 @@ def solver_stats_runs(args: argparse.Namespace) -> tuple[dict, list[dict], dict[
                                             T_gt)
                     stats = pred.output.extras.get("deq") if deq is not None else None
                     if stats is not None:
+                        # with the returned-state check, the residual of the state handed back
+                        measured = stats.residual if stats.returned_residual is None else stats.returned_residual
                         rec.update(steps=int(stats.steps), converged=bool(stats.converged),
-                                   residual=float(stats.residual.max()))
+                                   residual=float(measured.max()))
                         steps_trace[label].append(stats.abs_trace[:, 0].numpy())
                         if args.eigen:
                             value, shares = dominant_eigenvalue(pred.output.extras["deq_map"], pred.output.state)
@@ -522,7 +532,9 @@ def solver_stats_report(setup: dict, rows: list[dict], traces: dict[str, list[fl
     for name, trace in traces.items():
         lines.append(f"- {name}: " + ", ".join(f"{v:.3g}" for v in trace))
     lines += ["", "* A solve that does not reach the tolerance within its budget returns the lowest-residual state it "
-              "saw, flagged as not converged (`DeqStats.converged`); its errors are included in the means.", ""]
+              "saw, flagged as not converged (`DeqStats.converged`); its errors are included in the means. "
+              "Residual columns: that of the state returned, or in rows marked \"iterate judged\" that of the "
+              "solver's best iterate x (the state returned is f(x), docs/deq.md §3).", ""]
     return "\n".join(lines)
 
 
@@ -555,6 +567,52 @@ def video_main(args: argparse.Namespace) -> None:
                       indent=1, default=str)
 
 
+def pooled_rows(runs: list[dict]) -> list[dict]:
+    """The per-sequence rows of several video runs (JSON dicts), checked to share settings and not seeds."""
+    labels = [list(dict.fromkeys(r["setting"] for r in run["rows"])) for run in runs]
+    if any(ls != labels[0] for ls in labels):
+        raise SystemExit(f"--pool: the runs have different settings: {labels}")
+    seeds = [seed for run in runs for seed in run["setup"]["seeds"]]
+    if len(set(seeds)) != len(seeds):
+        raise SystemExit(f"--pool: a seed occurs in more than one run: {sorted(seeds)}")
+    return [row for run in runs for row in run["rows"]]
+
+
+def pool_report(paths: list[str], runs: list[dict], rows: list[dict], command: str) -> str:
+    """Markdown: the pooled runs, then means and paired differences over all their sequences."""
+    sources = [f"- `{p}`: seeds {run['setup']['seeds'][0]}–{run['setup']['seeds'][-1]} "
+               f"({len(run['setup']['seeds'])} sequences), {run['setup']['threads']} thread(s), "
+               f"DEQ weights `{run['setup']['deq_weights']}`" for p, run in zip(paths, runs)]
+    n = sum(len(run["setup"]["seeds"]) for run in runs)
+    return "\n".join([
+        "# DEQ vs unrolled on synthetic videos, pooled", "",
+        f"Command (from the repository root): `{command}`", "",
+        f"{n} sequences from {len(runs)} runs of `bench_deq.py --video` (each file's Markdown twin has its "
+        "command, setup and per-sequence table):", "", *sources, "",
+        f"Mean over the {n} sequences (counts summed over their frames; frame rates mix the runs' thread counts):",
+        "", video_table(runs[0]["setup"], mean_rows(rows)), "",
+        f"Paired over the sequences, each setting minus `{rows[0]['setting']}` on the same sequence in the same run: "
+        "mean ± standard error (sequences where the setting is better / sequences); negative is better:", "",
+        paired_table(rows), "",
+    ])
+
+
+def pool_main(args: argparse.Namespace) -> None:
+    command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
+    runs = [json.loads(Path(p).read_text()) for p in args.pool]
+    rows = pooled_rows(runs)
+    report = pool_report(args.pool, runs, rows, command)
+    print(report)
+    if args.out:
+        from dro_sfm.data.atomic import atomic_write_text
+
+        atomic_write_text(args.out, report)
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"sources": args.pool, "rows": rows, "mean": mean_rows(rows), "paired": paired_rows(rows)},
+                      fh, indent=1, default=str)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -584,9 +642,10 @@ def main() -> None:
     video.add_argument("--deq-max-steps", type=int, nargs="+", default=[24], help="DEQ step budgets to run")
     video.add_argument("--deq-depth-anchors", type=float, nargs="+",
                        help="DEQ depth anchor weights to run (deq.depth_anchor; default: the DEQ model's own)")
-    video.add_argument("--deq-verify-returned", action="store_true",
-                       help="judge convergence on the returned state's own residual (deq.verify_returned; one more "
-                            "evaluation of f per solve, counted in the steps)")
+    video.add_argument("--deq-iterate-judged", action="store_true",
+                       help="the solve as before session 17: convergence judged on the solver's iterate, the "
+                            "returned state not checked, f not projected (deq.verify_returned and "
+                            "deq.project_hidden false; rows marked 'iterate judged')")
     video.add_argument("--deq-weights", help="weights of the DEQ rows (default: --weights), e.g. default-deq")
     video.add_argument("--no-cold", action="store_true", help="skip the cold-start DEQ rows")
     video.add_argument("--unrolled-deq-weights", action="store_true",
@@ -602,7 +661,12 @@ def main() -> None:
     stats.add_argument("--eigen", action="store_true",
                        help="also estimate the largest |eigenvalue| of df/dz at each returned state (40 backward "
                             "passes of f per solve)")
+    video.add_argument("--pool", nargs="+", metavar="JSON",
+                       help="pool the --json files of earlier --video runs (same settings, disjoint seeds)")
     args = ap.parse_args()
+    if args.pool:
+        pool_main(args)
+        return
     if args.solver_stats:
         solver_stats_main(args)
         return

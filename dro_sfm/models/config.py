@@ -23,8 +23,9 @@ class DeqConfig:
     """Settings of the deep-equilibrium solve (``solver: deq``); see docs/deq.md.
 
     ``max_steps`` is the number of evaluations of the update map f (one depth step + one pose step each)
-    the forward solver may spend; ``tol`` the stopping tolerance on the ``stop_mode`` residual of the joint
-    state (``abs``: root of the summed per-block mean squared change; ``rel``: that over the same of f(z)).
+    one solve may spend (the forward solver's and the ``verify_returned`` checks'); ``tol`` the stopping
+    tolerance on the ``stop_mode`` residual of the joint state (``abs``: root of the summed per-block mean
+    squared change; ``rel``: that over the same of f(z)).
     ``grad`` chooses implicit differentiation (``ift``) or phantom gradients (``phantom_steps`` unrolled
     steps of f from the detached fixed point; 1 = the one-step / Jacobian-free gradient).
     ``n_states`` solver states spread over the budget are returned in training so that the loss applies
@@ -49,10 +50,15 @@ class DeqConfig:
     # anchor makes it 1 - depth_anchor there (docs/deq.md, section 4).
     depth_anchor: float = 0.0
     # Inference: evaluate f once more at the returned state and judge convergence on that state's own
-    # residual. Anderson and plain iteration return f(x) of their lowest-residual iterate x and report
-    # ||f(x) - x||, which describes x, not the state returned (docs/deq.md, section 3). Costs one evaluation,
-    # counted in DeqStats.steps (which can then be max_steps + 1).
-    verify_returned: bool = False
+    # residual; while it is above tol and budget is left, solve again from that state. Anderson and plain
+    # iteration return f(x) of their lowest-residual iterate x and report ||f(x) - x||, which describes x,
+    # not the state returned (docs/deq.md, section 3). Each check is one evaluation of the max_steps budget
+    # (with max_steps 1 there is no room for one, and the solver's iterate decides).
+    verify_returned: bool = True
+    # Inference: f reads the GRU states clipped to [-1, 1], the box that holds every fixed point (same fixed
+    # points; Anderson's extrapolated iterates can leave the box and f would pass part of that on to the state
+    # it returns, which the spurious-root check then rejects). Training solves use f as it is.
+    project_hidden: bool = True
     # Training only: evaluate f once more at the last supervised state and return the fixed-point residual
     # ||f(z) - z|| (extras["deq_residual"]) for a loss; set by the trainer when loss.deq_residual_weight > 0.
     train_residual: bool = False

@@ -41,11 +41,12 @@ class DeqStats:
     """What one fixed-point solve did; ``DroOutput.extras["deq"]``.
 
     Residuals are of the joint state with every block scaled to unit weight (docs/deq.md): ``rel_trace`` and
-    ``abs_trace`` [S,B] for each of the S evaluations of f by the forward solver (``steps`` = S);
-    ``residual`` [B] the lowest ``stop_mode`` residual the solver saw, that of its iterate x (torchdeq keeps
-    it rather than the last one; Anderson and plain iteration return f(x), Broyden x itself) and
-    ``best_step`` [B] the evaluation that produced it; ``returned_residual`` [B] the residual of the state
-    actually returned, when ``deq.verify_returned`` measured it (convergence is then judged on it);
+    ``abs_trace`` [S,B] for each of the S evaluations of f by the forward solver (``steps`` = S, plus the
+    checks of ``deq.verify_returned``); ``residual`` [B] the lowest ``stop_mode`` residual the solver saw,
+    that of its iterate x (torchdeq keeps it rather than the last one; Anderson and plain iteration return
+    f(x), Broyden x itself) and ``best_step`` [B] the evaluation that produced it; ``returned_residual`` [B]
+    the residual of the state actually returned, when ``deq.verify_returned`` measured it (the solve then
+    continues from that state while it is above tol and budget is left, and convergence is judged on it alone);
     ``block_residuals`` name -> [B] relative residual of each block at the best evaluation;
     ``supervised_steps``: solver steps whose states were returned for the loss (training only);
     ``backward``: residual/steps of the implicit-gradient solve, filled in when backward runs (``ift``);
@@ -72,11 +73,15 @@ class DeqStats:
     def summary(self) -> str:
         """One line for logs."""
         state = "converged" if self.converged else "NOT converged"
-        worst = float(self.residual.max()) if self.residual.numel() else float("nan")
-        text = (f"DEQ {self.solver}: {state}, {self.stop_mode} residual {worst:.3g} (tol {self.tol:g}) "
-                f"after {self.steps}/{self.max_steps} steps")
-        if self.returned_residual is not None:
-            text += f", returned state's residual {float(self.returned_residual.max()):.3g}"
+        iterate = float(self.residual.max()) if self.residual.numel() else float("nan")
+        if self.returned_residual is None:
+            worst = iterate
+            text = f"DEQ {self.solver}: {state}, {self.stop_mode} residual {worst:.3g} (tol {self.tol:g})"
+        else:
+            worst = float(self.returned_residual.max())
+            text = (f"DEQ {self.solver}: {state}, returned state's {self.stop_mode} residual {worst:.3g} "
+                    f"(tol {self.tol:g}; its solver iterate's {iterate:.3g})")
+        text += f" after {self.steps}/{self.max_steps} steps"
         if self.hidden_excess > HIDDEN_BOUND_SLACK:
             # Within tol the state claims to be a fixed point, which |h| > 1 rules out; above tol it is just the
             # last iterate of a solve that ran out of steps, and Anderson's extrapolation can overshoot the box.
@@ -168,8 +173,10 @@ def _block_squared_change(fz: Sequence[torch.Tensor], z: Sequence[torch.Tensor])
 class _SolverFunction:
     """The function handed to torchdeq: scaled state -> scaled f(state); records the solver's evaluations."""
 
-    def __init__(self, update: UpdateMap, codec: _StateCodec, recompute: bool = False) -> None:
+    def __init__(self, update: UpdateMap, codec: _StateCodec, recompute: bool = False,
+                 project_hidden: bool = False) -> None:
         self.update, self.codec, self.recompute = update, codec, recompute
+        self.project_hidden = project_hidden
         self.recording = False
         self.rel: list[torch.Tensor] = []
         self.abs: list[torch.Tensor] = []
@@ -189,7 +196,13 @@ class _SolverFunction:
 
     def _apply(self, *scaled: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Scaled state blocks -> (scaled f(state) blocks..., depth cost [B,C,h,w])."""
-        *new, c_depth = self.update(*self.codec.decode(scaled))
+        d, p, h_d, h_p = self.codec.decode(scaled)
+        if self.project_hidden:
+            # f(Π(z)) with Π the projection onto |h| ≤ 1: every fixed point of f lies in that box, so the fixed
+            # points are the same, and the GRU's convex mix of Π(h) and tanh keeps f's output inside it even
+            # when Anderson extrapolates an iterate out of it (docs/deq.md §3).
+            h_d, h_p = h_d.clamp(-1.0, 1.0), h_p.clamp(-1.0, 1.0)
+        *new, c_depth = self.update(d, p, h_d, h_p)
         return (*self.codec.encode(new), c_depth)
 
     @torch.no_grad()
@@ -315,17 +328,21 @@ def deq_forward(
         anchor_depth = d0 if init is None or init.inv_depth is None else net.initial_inv_depth(fmap_tgt)
     codec = _StateCodec(z0)
     update = UpdateMap(net, cost, c_d, c_p, dcfg.coupling, anchor_depth, dcfg.depth_anchor)
-    func = _SolverFunction(update, codec, cfg.recompute_activations)
+    func = _SolverFunction(update, codec, cfg.recompute_activations,
+                           project_hidden=dcfg.project_hidden and not net.training)
+    # The check of the returned state is one evaluation of the budget (none is left for it with a budget of 1).
+    verify = dcfg.verify_returned and not net.training and budget >= 2
+    first_budget = budget - 1 if verify else budget
     solver = dcfg.forward_solver
-    if solver == "anderson" and budget < 3:
+    if solver == "anderson" and first_budget < 3:
         # Anderson evaluates f twice before it can mix and would return z0 unchanged with fewer steps.
-        logger.info("DEQ budget %d < 3 steps: plain fixed-point iteration instead of Anderson", budget)
+        logger.info("DEQ budget %d < 3 steps: plain fixed-point iteration instead of Anderson", first_budget)
         solver = "fixed_point_iter"
     deq = make_deq(dcfg, net.training, solver)
     deq.f_solver = func.wrap_solver(deq.f_solver)
     stats_box: dict = {}
     # Broyden evaluates f once before its first iteration: one iteration fewer keeps it within the budget.
-    solver_steps = max(1, budget - 1) if solver == "broyden" else budget
+    solver_steps = max(1, first_budget - 1) if solver == "broyden" else first_budget
     z_out, info = deq(
         func, codec.encode(z0), solver_kwargs={"f_max_iter": solver_steps},
         backward_writer=lambda binfo: _record_backward(stats_box, binfo),
@@ -339,12 +356,11 @@ def deq_forward(
     if net.training and (dcfg.train_residual or dcfg.train_jacobian):
         extras.update(fixed_point_terms(func, z_out[-1], jacobian=dcfg.train_jacobian))
 
-    stats = _solver_stats(func, info, dcfg, budget, solver)
-    if dcfg.verify_returned and not net.training:
-        stats.returned_residual = returned_state_residual(func, [d, p, h_d, h_p], dcfg.stop_mode).float().cpu()
-        stats.steps += 1
-        if float(stats.returned_residual.max()) > dcfg.tol:
-            stats.converged = False
+    if verify:
+        (d, p, h_d, h_p), stats = _solve_until_returned_state_holds(func, codec, [d, p, h_d, h_p], info, dcfg,
+                                                                    budget, solver)
+    else:
+        stats = _solver_stats(func, info, dcfg, budget, solver)
     stats.hidden_excess = hidden_state_excess(h_d, h_p)
     if stats.hidden_excess > HIDDEN_BOUND_SLACK:
         # Every fixed point of f has |h| < 1 (the GRU output is a convex mix of tanh values): a small
@@ -439,11 +455,59 @@ def dominant_eigenvalue(func: _SolverFunction, state: DroState,
 
 @torch.no_grad()
 def returned_state_residual(func: _SolverFunction, state: Sequence[torch.Tensor], stop_mode: str) -> torch.Tensor:
-    """The ``stop_mode`` residual [B] of ``state`` (d, p, h_d, h_p), from one more evaluation of f."""
+    """The ``stop_mode`` residual [B] of ``state`` (d, p, h_d, h_p), from one more evaluation of f (whose mean
+    depth cost joins ``func.costs``, one entry per evaluation)."""
     z = func.codec.encode(state)
-    fz = func._apply(*z)[:-1]
+    *fz, c_depth = func._apply(*z)
+    func.costs.append(c_depth.mean())
     abs_res, rel_res = _abs_and_rel(_block_squared_change(fz, z), _block_squared_norm(fz))
     return abs_res if stop_mode == "abs" else rel_res
+
+
+def _continuation_solver(solver: str, steps: int) -> tuple[str, int]:
+    """(solver, torchdeq iteration count) for a continuation of ``steps`` evaluations of f."""
+    if solver == "anderson" and steps < 3:
+        return "fixed_point_iter", steps  # Anderson needs two evaluations before it can mix
+    if solver == "broyden":
+        return ("broyden", steps - 1) if steps >= 2 else ("fixed_point_iter", steps)
+    return solver, steps
+
+
+def _solve_until_returned_state_holds(
+    func: _SolverFunction, codec: _StateCodec, state: list[torch.Tensor], info: dict, d: DeqConfig,
+    budget: int, solver: str,
+) -> tuple[list[torch.Tensor], DeqStats]:
+    """``deq.verify_returned``: measure the returned state's own residual and, while it is above tol, solve again
+    from that state with what is left of the budget; returns the lowest-residual returned state (d, p, h_d, h_p)
+    and its statistics, convergence judged on that state alone.
+
+    Every check costs one evaluation of f and is part of ``budget``: the first solve had ``budget`` − 1 and a
+    continuation gets what is left minus one.
+    """
+    residual = returned_state_residual(func, state, d.stop_mode).float().cpu()
+    checks, offset = 1, 0
+    best = (state, residual, info, offset)
+    while float(best[1].max()) > d.tol:
+        steps = budget - len(func.rel) - checks - 1
+        if steps < 1:
+            break
+        name, iterations = _continuation_solver(solver, steps)
+        core = make_deq(d, False, name)
+        core.f_solver = func.wrap_solver(core.f_solver)
+        offset = len(func.rel)
+        z_out, info = core(func, codec.encode(best[0]), solver_kwargs={"f_max_iter": iterations})
+        state = codec.decode(z_out[-1])
+        residual = returned_state_residual(func, state, d.stop_mode).float().cpu()
+        checks += 1
+        if float(residual.max()) < float(best[1].max()):
+            best = (state, residual, info, offset)
+    state, residual, info, offset = best
+    stats = _solver_stats(func, info, d, budget, solver)
+    stats.best_step = stats.best_step + offset
+    stats.steps += checks
+    stats.returned_residual = residual
+    stats.converged = bool(torch.isfinite(residual).all() and (residual <= d.tol).all())
+    return state, stats
 
 
 def _solver_stats(func: _SolverFunction, info: dict, d: DeqConfig, budget: int, solver: str) -> DeqStats:
