@@ -106,6 +106,9 @@ def test_cli_reconstruct_with_deq_records_iterations(frames, tmp_path: Path, mon
     assert records[0]["solver"]["start"] == "cold: first window"
     for rec in records:
         assert rec["solver"]["mode"] == "deq" and rec["solver"]["budget"] == 6
+        # the shipped defaults judge the state handed back; its residual is the one recorded
+        assert rec["solver"]["returned_state_checked"] is True
+        assert rec["solver"]["converged"] == (rec["solver"]["residual"] <= rec["solver"]["tol"])
         assert len(rec["step_costs"]) == rec["solver"]["steps"]  # one mean cost per evaluation of f
 
 
