@@ -333,16 +333,13 @@ def deq_forward(
     # The check of the returned state is one evaluation of the budget (none is left for it with a budget of 1).
     verify = dcfg.verify_returned and not net.training and budget >= 2
     first_budget = budget - 1 if verify else budget
-    solver = dcfg.forward_solver
-    if solver == "anderson" and first_budget < 3:
-        # Anderson evaluates f twice before it can mix and would return z0 unchanged with fewer steps.
-        logger.info("DEQ budget %d < 3 steps: plain fixed-point iteration instead of Anderson", first_budget)
-        solver = "fixed_point_iter"
+    solver, solver_steps = _solver_within(dcfg.forward_solver, first_budget)
+    if solver != dcfg.forward_solver:
+        logger.info("DEQ budget %d too small for %s: plain fixed-point iteration instead", first_budget,
+                    dcfg.forward_solver)
     deq = make_deq(dcfg, net.training, solver)
     deq.f_solver = func.wrap_solver(deq.f_solver)
     stats_box: dict = {}
-    # Broyden evaluates f once before its first iteration: one iteration fewer keeps it within the budget.
-    solver_steps = max(1, first_budget - 1) if solver == "broyden" else first_budget
     z_out, info = deq(
         func, codec.encode(z0), solver_kwargs={"f_max_iter": solver_steps},
         backward_writer=lambda binfo: _record_backward(stats_box, binfo),
@@ -464,13 +461,15 @@ def returned_state_residual(func: _SolverFunction, state: Sequence[torch.Tensor]
     return abs_res if stop_mode == "abs" else rel_res
 
 
-def _continuation_solver(solver: str, steps: int) -> tuple[str, int]:
-    """(solver, torchdeq iteration count) for a continuation of ``steps`` evaluations of f."""
-    if solver == "anderson" and steps < 3:
-        return "fixed_point_iter", steps  # Anderson needs two evaluations before it can mix
+def _solver_within(solver: str, evaluations: int) -> tuple[str, int]:
+    """(solver, torchdeq iteration count) that evaluates f at most ``evaluations`` times."""
+    if solver == "anderson" and evaluations < 3:
+        # Anderson evaluates f twice before it can mix and would return its start unchanged with fewer.
+        return "fixed_point_iter", evaluations
     if solver == "broyden":
-        return ("broyden", steps - 1) if steps >= 2 else ("fixed_point_iter", steps)
-    return solver, steps
+        # Broyden evaluates f once before its first iteration.
+        return ("broyden", evaluations - 1) if evaluations >= 2 else ("fixed_point_iter", evaluations)
+    return solver, evaluations
 
 
 def _solve_until_returned_state_holds(
@@ -491,7 +490,7 @@ def _solve_until_returned_state_holds(
         steps = budget - len(func.rel) - checks - 1
         if steps < 1:
             break
-        name, iterations = _continuation_solver(solver, steps)
+        name, iterations = _solver_within(solver, steps)
         core = make_deq(d, False, name)
         core.f_solver = func.wrap_solver(core.f_solver)
         offset = len(func.rel)
