@@ -152,21 +152,25 @@ def run_subprocess(spec: dict) -> dict:
 
 
 def _deq_settings(dcfg, args: argparse.Namespace) -> list:
-    """The model's DeqConfig with each (budget, tolerance, depth anchor) of the command line, budgets outermost."""
+    """The model's DeqConfig with each (stop mode, budget, tolerance, depth anchor) of the command line, stop modes
+    outermost."""
     import dataclasses
 
     anchors = args.deq_depth_anchors if args.deq_depth_anchors is not None else [dcfg.depth_anchor]
-    return [dataclasses.replace(dcfg, tol=tol, max_steps=budget, depth_anchor=anchor,
+    modes = args.deq_stop_modes or [dcfg.stop_mode]
+    return [dataclasses.replace(dcfg, stop_mode=mode, tol=tol, max_steps=budget, depth_anchor=anchor,
                                 verify_returned=dcfg.verify_returned and not args.deq_iterate_judged,
                                 project_hidden=dcfg.project_hidden and not args.deq_iterate_judged)
-            for budget in args.deq_max_steps for tol in args.deq_tols for anchor in anchors]
+            for mode in modes for budget in args.deq_max_steps for tol in args.deq_tols for anchor in anchors]
 
 
-def _deq_label(deq) -> str:
-    """'tol 0.01, budget 12' (and the depth anchor when set, and when the returned state is not checked)."""
+def _deq_label(deq, model_stop_mode: str = "abs") -> str:
+    """'tol 0.01, budget 12' (and the stop mode when it is not the model's, the depth anchor when set, and
+    whether the returned state is not checked)."""
+    mode = f"`{deq.stop_mode}` " if deq.stop_mode != model_stop_mode else ""
     anchor = f", anchor {deq.depth_anchor:g}" if deq.depth_anchor > 0 else ""
     unchecked = ", iterate judged" if not deq.verify_returned else ""
-    return f"tol {deq.tol:g}, budget {deq.max_steps}{anchor}{unchecked}"
+    return f"{mode}tol {deq.tol:g}, budget {deq.max_steps}{anchor}{unchecked}"
 
 
 class _WindowPoseErrors:
@@ -217,7 +221,7 @@ def video_runs(args: argparse.Namespace) -> tuple[dict, list[dict]]:
     if args.deq_weights and args.unrolled_deq_weights:
         settings.append((f"unrolled {cfg.stages}x{cfg.steps_per_stage}{tag}", deq_model, {}))
     for deq in _deq_settings(dcfg, args):
-        name = f"{_deq_label(deq)}{tag}"
+        name = f"{_deq_label(deq, dcfg.stop_mode)}{tag}"
         settings.append((f"DEQ warm, {name}", deq_model, {"solver": "deq", "deq": deq, "warm_start": True}))
         if args.warm_poses:
             settings.append((f"DEQ warm with poses, {name}", deq_model,
@@ -441,7 +445,7 @@ def solver_stats_runs(args: argparse.Namespace) -> tuple[dict, list[dict], dict[
     unrolled = f"unrolled {cfg.stages}x{cfg.steps_per_stage}"
     settings = [(unrolled, model, None)]
     for deq in _deq_settings(dcfg, args):
-        settings.append((f"DEQ cold, {_deq_label(deq)}", deq_model, deq))
+        settings.append((f"DEQ cold, {_deq_label(deq, dcfg.stop_mode)}", deq_model, deq))
     rows: list[dict] = []
     traces: dict[str, list[float]] = {}
     with torch.no_grad():
@@ -534,7 +538,8 @@ def solver_stats_report(setup: dict, rows: list[dict], traces: dict[str, list[fl
     lines += ["", "* A solve that does not reach the tolerance within its budget returns the lowest-residual state it "
               "saw, flagged as not converged (`DeqStats.converged`); its errors are included in the means. "
               "Residual columns: that of the state returned, or in rows marked \"iterate judged\" that of the "
-              "solver's best iterate x (the state returned is f(x), docs/deq.md §3).", ""]
+              "solver's best iterate x (the state returned is f(x), docs/deq.md §3); in the row's stop mode "
+              "(`abs` unless the row names `rel`: the same change divided by the norm of f(z)).", ""]
     return "\n".join(lines)
 
 
@@ -642,6 +647,9 @@ def main() -> None:
     video.add_argument("--deq-max-steps", type=int, nargs="+", default=[24], help="DEQ step budgets to run")
     video.add_argument("--deq-depth-anchors", type=float, nargs="+",
                        help="DEQ depth anchor weights to run (deq.depth_anchor; default: the DEQ model's own)")
+    video.add_argument("--deq-stop-modes", nargs="+", choices=["abs", "rel"],
+                       help="residuals the DEQ stops on (deq.stop_mode; default: the DEQ model's own); rows with "
+                            "another mode than the model's name it")
     video.add_argument("--deq-iterate-judged", action="store_true",
                        help="the solve as before session 17: convergence judged on the solver's iterate, the "
                             "returned state not checked, f not projected (deq.verify_returned and "

@@ -813,8 +813,8 @@ def test_sequence_warm_start_hands_each_window_its_predecessor() -> None:
 # ------------------------------------------------------------------------------------------- shipped DEQ model
 def test_shipped_deq_model_converges_on_held_out_samples(record_property) -> None:
     """The DEQ-trained variant (``default-deq``) solves held-out synthetic rooms and streets (model-card samples,
-    reserved seeds) to its own tolerance within its budget; at that point it agrees with the unrolled schedule
-    of the same weights. With the returned state checked, round 11 converges on 16/16 indoor and 13/16 outdoor
+    reserved seeds) to its own tolerance within its budget, and to the same tolerance on the relative residual
+    within 48 steps; at that point it agrees with the unrolled schedule of the same weights. With the returned state checked, round 11 converges on 16/16 indoor and 13/16 outdoor
     held-out samples within 12 steps, 16/16 within 24 (benchmarks/results/deq_solver_stats.md); the first four
     of each kind are checked here."""
     from dro_sfm.models.predict import load_model
@@ -837,6 +837,16 @@ def test_shipped_deq_model_converges_on_held_out_samples(record_property) -> Non
             assert stats.returned_residual is not None, stats.summary()
             record_property(f"deq_{kind}_{i}_residual", float(stats.returned_residual.max()))
             assert stats.converged and float(stats.returned_residual.max()) <= cfg.deq.tol, stats.summary()
+            # The relative residual (change over |f(z)|) reaches the same tolerance too, with more steps indoors,
+            # where the block-normalised state is small (|f(z)| ≈ 0.14, outdoors ≈ 1; docs/deq.md §6).
+            by_rel = dataclasses.replace(cfg.deq, stop_mode="rel", max_steps=48)
+            with torch.no_grad():
+                rel_out = model.predict(*args, deq_config=by_rel).output
+            rel_stats, z = rel_out.extras["deq"], rel_out.state
+            again = returned_state_residual(rel_out.extras["deq_map"], [z.inv_depth, z.poses, z.h_depth, z.h_pose],
+                                            "rel")
+            record_property(f"deq_{kind}_{i}_rel_residual", float(again.max()))
+            assert rel_stats.converged and float(again.max()) <= cfg.deq.tol, rel_stats.summary()
             assert stats.steps <= cfg.deq.max_steps
             model.net.config = unrolled
             try:
