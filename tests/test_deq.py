@@ -814,9 +814,9 @@ def test_sequence_warm_start_hands_each_window_its_predecessor() -> None:
 def test_shipped_deq_model_converges_on_held_out_samples(record_property) -> None:
     """The DEQ-trained variant (``default-deq``) solves held-out synthetic rooms and streets (model-card samples,
     reserved seeds) to its own tolerance within its budget, and to the same tolerance on the relative residual
-    within 48 steps; at that point it agrees with the unrolled schedule of the same weights. With the returned state checked, round 11 converges on 16/16 indoor and 13/16 outdoor
-    held-out samples within 12 steps, 16/16 within 24 (benchmarks/results/deq_solver_stats.md); the first four
-    of each kind are checked here."""
+    within 48 steps; at that point it agrees with the unrolled schedule of the same weights. With the returned
+    state checked, round 11 converges on 16/16 indoor and 13/16 outdoor held-out samples within 12 steps, 16/16
+    within 24 (benchmarks/results/deq_solver_stats.md); the first four of each kind are checked here."""
     from dro_sfm.models.predict import load_model
     from dro_sfm.models.weights import DEFAULT_DEQ_WEIGHTS
     from dro_sfm.train.scorecard import prediction_errors, reserved_dataset
