@@ -583,8 +583,9 @@ def pooled_rows(runs: list[dict]) -> list[dict]:
     return [row for run in runs for row in run["rows"]]
 
 
-def pool_report(paths: list[str], runs: list[dict], rows: list[dict], command: str) -> str:
-    """Markdown: the pooled runs, then means and paired differences over all their sequences."""
+def pool_report(paths: list[str], runs: list[dict], rows: list[dict], command: str, plot: str | None = None) -> str:
+    """Markdown: the pooled runs, then means and paired differences over all their sequences (and the plot's
+    file name when there is one)."""
     sources = [f"- `{p}`: seeds {run['setup']['seeds'][0]}–{run['setup']['seeds'][-1]} "
                f"({len(run['setup']['seeds'])} sequences), {run['setup']['threads']} thread(s), "
                f"DEQ weights `{run['setup']['deq_weights']}`" for p, run in zip(paths, runs)]
@@ -599,14 +600,51 @@ def pool_report(paths: list[str], runs: list[dict], rows: list[dict], command: s
         f"Paired over the sequences, each setting minus `{rows[0]['setting']}` on the same sequence in the same run: "
         "mean ± standard error (sequences where the setting is better / sequences); negative is better:", "",
         paired_table(rows), "",
+        *([f"Each sequence, DEQ against unrolled (below the diagonal: DEQ better): `{Path(plot).name}`", ""]
+          if plot else []),
     ])
+
+
+def plot_paired(rows: list[dict], out_png: str) -> None:
+    """Per sequence, each DEQ setting against the unrolled one: depth AbsRel, final ATE, window rotation; a point
+    below the diagonal is a sequence where the setting is better."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dro_sfm.data.atomic import atomic_path
+
+    labels = list(dict.fromkeys(r["setting"] for r in rows))
+    base = {r["seed"]: r for r in rows if r["setting"] == labels[0]}
+    panels = (("depth_abs_rel", "depth AbsRel"), ("ate_percent_of_path", "final ATE % of path"),
+              ("window_rot_deg", "window rotation °"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.8))
+    for ax, (key, name) in zip(axes, panels):
+        lo, hi = float("inf"), float("-inf")
+        for label in labels[1:]:
+            pairs = [(base[r["seed"]][key], r[key]) for r in rows if r["setting"] == label and r.get(key) is not None]
+            x, y = zip(*pairs)
+            better = sum(b < a for a, b in pairs)
+            ax.scatter(x, y, s=14, alpha=0.7, label=f"{label} (better on {better}/{len(pairs)})")
+            lo, hi = min(lo, *x, *y), max(hi, *x, *y)
+        ax.plot([lo, hi], [lo, hi], color="0.4", lw=1, ls="--")
+        ax.set_xlabel(f"{labels[0]}: {name}")
+        ax.set_ylabel(f"DEQ: {name}")
+        ax.set_title(f"{name}, one point per sequence")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
+    plt.close(fig)
 
 
 def pool_main(args: argparse.Namespace) -> None:
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
     runs = [json.loads(Path(p).read_text()) for p in args.pool]
     rows = pooled_rows(runs)
-    report = pool_report(args.pool, runs, rows, command)
+    report = pool_report(args.pool, runs, rows, command, args.plot)
     print(report)
     if args.out:
         from dro_sfm.data.atomic import atomic_write_text
@@ -616,6 +654,8 @@ def pool_main(args: argparse.Namespace) -> None:
         with open(args.json, "w") as fh:
             json.dump({"sources": args.pool, "rows": rows, "mean": mean_rows(rows), "paired": paired_rows(rows)},
                       fh, indent=1, default=str)
+    if args.plot:
+        plot_paired(rows, args.plot)
 
 
 def main() -> None:
@@ -671,6 +711,8 @@ def main() -> None:
                             "passes of f per solve)")
     video.add_argument("--pool", nargs="+", metavar="JSON",
                        help="pool the --json files of earlier --video runs (same settings, disjoint seeds)")
+    video.add_argument("--plot", metavar="PNG",
+                       help="with --pool: per-sequence scatter of each DEQ setting against unrolled")
     args = ap.parse_args()
     if args.pool:
         pool_main(args)

@@ -54,12 +54,14 @@ def test_pooled_pairs_are_the_pairs_of_every_run_together(tmp_path: Path) -> Non
     for i, run in enumerate(runs):
         paths.append(tmp_path / f"run{i}.json")
         paths[-1].write_text(json.dumps(run))
-    out, out_json = tmp_path / "pooled.md", tmp_path / "pooled.json"
+    out, out_json, out_png = tmp_path / "pooled.md", tmp_path / "pooled.json", tmp_path / "pooled.png"
     proc = subprocess.run([sys.executable, str(SCRIPT), "--pool", *map(str, paths), "--out", str(out),
-                           "--json", str(out_json)], capture_output=True, text=True, cwd=REPO_ROOT)
+                           "--json", str(out_json), "--plot", str(out_png)], capture_output=True, text=True,
+                          cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr
     report = out.read_text()
     assert "7 sequences from 2 runs" in report and "seeds 3–6 (4 sequences), 1 thread(s)" in report
+    assert "`pooled.png`" in report and out_png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert json.loads(out_json.read_text())["paired"][0]["depth_abs_rel"]["n"] == 7
 
 
