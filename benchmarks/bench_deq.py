@@ -164,7 +164,7 @@ def _deq_settings(dcfg, args: argparse.Namespace) -> list:
             for mode in modes for budget in args.deq_max_steps for tol in args.deq_tols for anchor in anchors]
 
 
-def _deq_label(deq, model_stop_mode: str = "abs") -> str:
+def _deq_label(deq, model_stop_mode: str) -> str:
     """'tol 0.01, budget 12' (and the stop mode when it is not the model's, the depth anchor when set, and
     whether the returned state is not checked)."""
     mode = f"`{deq.stop_mode}` " if deq.stop_mode != model_stop_mode else ""
@@ -463,10 +463,8 @@ def solver_stats_runs(args: argparse.Namespace) -> tuple[dict, list[dict], dict[
                                             T_gt)
                     stats = pred.output.extras.get("deq") if deq is not None else None
                     if stats is not None:
-                        # with the returned-state check, the residual of the state handed back
-                        measured = stats.residual if stats.returned_residual is None else stats.returned_residual
                         rec.update(steps=int(stats.steps), converged=bool(stats.converged),
-                                   residual=float(measured.max()))
+                                   residual=float(stats.judged_residual.max()))
                         steps_trace[label].append(stats.abs_trace[:, 0].numpy())
                         if args.eigen:
                             value, shares = dominant_eigenvalue(pred.output.extras["deq_map"], pred.output.state)

@@ -51,6 +51,11 @@ def inputs(batch: int = 2, dtype=torch.float32, seed: int = 0):
     return target, refs, K
 
 
+def blocks(state: DroState) -> list[torch.Tensor]:
+    """The four solver blocks of a solved state, in ``deq`` order."""
+    return [state.inv_depth, state.poses, state.h_depth, state.h_pose]
+
+
 def use_deq(net: DroNet, **deq) -> DroNet:
     """Solve ``net`` as a DEQ; the solver alone unless ``verify_returned=True`` (its own tests and the defaults')."""
     deq.setdefault("verify_returned", False)
@@ -206,7 +211,7 @@ def test_projected_hidden_states_keep_the_fixed_point_and_f_inside_the_box() -> 
     with torch.no_grad():
         out = net.forward_full(target, refs, K)
     func, z = out.extras["deq_map"], out.state
-    inside = [z.inv_depth, z.poses, z.h_depth, z.h_pose]
+    inside = blocks(z)
     outside = [z.inv_depth, z.poses, 3.0 * z.h_depth.sign(), 3.0 * z.h_pose.sign()]  # |h| = 3 everywhere
     with torch.no_grad():
         projected_in = func.codec.decode(func._apply(*func.codec.encode(inside))[:-1])
@@ -383,12 +388,15 @@ def test_phantom_gradients_approach_the_implicit_gradient() -> None:
 def test_train_mode_output_feeds_the_supervised_loss() -> None:
     """Train mode: initial prediction + n_states supervised solver states, all with gradients to the encoders."""
     torch.manual_seed(0)
-    net = use_deq(bn_eval(DroNet(tiny_config())), forward_solver="anderson", max_steps=9, n_states=3)
+    net = use_deq(bn_eval(DroNet(tiny_config())), forward_solver="anderson", max_steps=9, n_states=3,
+                  verify_returned=True, project_hidden=True)
     target, refs, K = inputs()
     out = net.forward_full(target, refs, K)
     stats = out.extras["deq"]
     assert len(out.inv_depths) == len(out.poses) == 4
     assert stats.supervised_steps == [3, 6, 9] and stats.steps == 9  # training spends the whole budget
+    # the inference-only settings stay out of training: no check of the returned state, f unprojected
+    assert stats.returned_residual is None and not out.extras["deq_map"].project_hidden
     assert all(t.shape == (2, 1, H, W) and t.requires_grad for t in out.inv_depths)
     assert all(p.shape == (2, 2, 6) for p in out.poses)
     poses = torch.stack(out.poses, dim=2)  # as the trainer does: [B,N,K,6]
@@ -842,9 +850,8 @@ def test_shipped_deq_model_converges_on_held_out_samples(record_property) -> Non
             by_rel = dataclasses.replace(cfg.deq, stop_mode="rel", max_steps=48)
             with torch.no_grad():
                 rel_out = model.predict(*args, deq_config=by_rel).output
-            rel_stats, z = rel_out.extras["deq"], rel_out.state
-            again = returned_state_residual(rel_out.extras["deq_map"], [z.inv_depth, z.poses, z.h_depth, z.h_pose],
-                                            "rel")
+            rel_stats = rel_out.extras["deq"]
+            again = returned_state_residual(rel_out.extras["deq_map"], blocks(rel_out.state), "rel")
             record_property(f"deq_{kind}_{i}_rel_residual", float(again.max()))
             assert rel_stats.converged and float(again.max()) <= cfg.deq.tol, rel_stats.summary()
             assert stats.steps <= cfg.deq.max_steps
@@ -875,10 +882,10 @@ def test_verify_returned_measures_the_state_returned_and_judges_convergence_on_i
     assert plain.returned_residual is None and stats.steps == plain.steps + 1
     # an independent evaluation of f at the returned state
     z, func = out.state, out.extras["deq_map"]
-    blocks = [z.inv_depth, z.poses, z.h_depth, z.h_pose]
+    state = blocks(z)
     with torch.no_grad():
-        fz = func.codec.encode(func.update(*blocks)[:-1])
-    enc = func.codec.encode(blocks)
+        fz = func.codec.encode(func.update(*state)[:-1])
+    enc = func.codec.encode(state)
     expected = torch.stack([(a - b).flatten(1).pow(2).sum(1) for a, b in zip(fz, enc)], 1).sum(1).sqrt()
     torch.testing.assert_close(stats.returned_residual, expected.float())
     # a contraction: the returned f(x) is closer to the fixed point than x, so its residual is lower
@@ -916,8 +923,7 @@ def test_verify_returned_continues_from_a_failing_state_and_judges_convergence_o
             if not returned_ok:  # gave up only when no solver step and check were left
                 assert stats.steps >= stats.max_steps - 1
         # the state handed back is the one whose residual is reported
-        z = out.state
-        again = returned_state_residual(out.extras["deq_map"], [z.inv_depth, z.poses, z.h_depth, z.h_pose], "abs")
+        again = returned_state_residual(out.extras["deq_map"], blocks(out.state), "abs")
         assert float(again.max()) == pytest.approx(float(stats.returned_residual.max()), rel=1e-5)
     # the case the option exists for (seed 0): the iterate is within tol, the state returned is not
     assert continued >= 1

@@ -70,17 +70,21 @@ class DeqStats:
     hidden_excess: float = 0.0
     returned_residual: torch.Tensor | None = None
 
+    @property
+    def judged_residual(self) -> torch.Tensor:
+        """The residual [B] convergence was judged on: the returned state's when it was checked, else the iterate's."""
+        return self.residual if self.returned_residual is None else self.returned_residual
+
     def summary(self) -> str:
         """One line for logs."""
         state = "converged" if self.converged else "NOT converged"
-        iterate = float(self.residual.max()) if self.residual.numel() else float("nan")
+        judged = self.judged_residual
+        worst = float(judged.max()) if judged.numel() else float("nan")
         if self.returned_residual is None:
-            worst = iterate
             text = f"DEQ {self.solver}: {state}, {self.stop_mode} residual {worst:.3g} (tol {self.tol:g})"
         else:
-            worst = float(self.returned_residual.max())
             text = (f"DEQ {self.solver}: {state}, returned state's {self.stop_mode} residual {worst:.3g} "
-                    f"(tol {self.tol:g}; its solver iterate's {iterate:.3g})")
+                    f"(tol {self.tol:g}; its solver iterate's {float(self.residual.max()):.3g})")
         text += f" after {self.steps}/{self.max_steps} steps"
         if self.hidden_excess > HIDDEN_BOUND_SLACK:
             # Within tol the state claims to be a fixed point, which |h| > 1 rules out; above tol it is just the
@@ -505,8 +509,14 @@ def _solve_until_returned_state_holds(
     stats.best_step = stats.best_step + offset
     stats.steps += checks
     stats.returned_residual = residual
-    stats.converged = bool(torch.isfinite(residual).all() and (residual <= d.tol).all())
+    stats.converged = _within_tol(residual, d.tol)
     return state, stats
+
+
+def _within_tol(residual: torch.Tensor, tol: float) -> bool:
+    """Every batch element's residual [B] finite and ≤ tol (torchdeq starts its "lowest" at 1e8, and a solve
+    that never improved on it is not converged either)."""
+    return bool(torch.isfinite(residual).all() and (residual <= tol).all())
 
 
 def _solver_stats(func: _SolverFunction, info: dict, d: DeqConfig, budget: int, solver: str) -> DeqStats:
@@ -527,8 +537,7 @@ def _solver_stats(func: _SolverFunction, info: dict, d: DeqConfig, budget: int, 
         rel_trace=rel,
         abs_trace=torch.stack(func.abs).float().cpu(),
         block_residuals={name: per_block[:, k] for k, name in enumerate(BLOCKS)},
-        # torchdeq starts its "lowest" at 1e8: a solve that never improved on it is not converged either.
-        converged=bool(torch.isfinite(residual).all() and (residual <= d.tol).all()),
+        converged=_within_tol(residual, d.tol),
     )
 
 

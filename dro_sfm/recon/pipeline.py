@@ -319,12 +319,11 @@ class DroPredictor(WindowPredictor):
             return out, {"mode": "deq", "steps": 0, "budget": 0, "tol": self.deq_config.tol, "converged": False,
                          "residual": None, "start": start}
         logger.debug("frame %d: %s (%s start)", target.index, stats.summary(), start)
-        checked = stats.returned_residual is not None
-        # the residual convergence was judged on: the returned state's when it was checked
-        residual = stats.returned_residual if checked else stats.residual
         return out, {"mode": "deq", "steps": int(stats.steps), "budget": int(stats.max_steps), "tol": stats.tol,
-                     "converged": bool(stats.converged), "residual": _finite_or_none(float(residual.max())),
-                     "returned_state_checked": checked, "solver": stats.solver, "start": start}
+                     "converged": bool(stats.converged),
+                     "residual": _finite_or_none(float(stats.judged_residual.max())),
+                     "returned_state_checked": stats.returned_residual is not None, "solver": stats.solver,
+                     "start": start}
 
 
 class GroundTruthPredictor(WindowPredictor):
